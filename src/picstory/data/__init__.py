@@ -1,0 +1,1 @@
+"""The data stages: sources → decode → audit → split → cache → batches."""
