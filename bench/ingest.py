@@ -1,0 +1,169 @@
+"""Ingest speed: a folder of JPEGs → augmented 224 px training batches, torchvision's way vs picstory's.
+
+    .venv/bin/python bench/ingest.py                          # 2,000 web-sized + 300 camera-sized JPEGs
+    .venv/bin/python bench/ingest.py --n-web 300 --n-camera 40  # a quick run
+
+torchvision: ``ImageFolder`` + RandomResizedCrop(224) + RandomHorizontalFlip + ToTensor, ``DataLoader(batch_size=64,
+num_workers=2, shuffle=True)``: every epoch decodes every file again. picstory: ``load_images`` decodes each file once
+(JPEG draft at the target size, in threads) into a uint8 memmap cache; the epoch is ``BatchIterator`` over that array
+with batched random-resized-crop (scale 0.35..1) and flip. Epoch 1 starts from an empty cache, so it includes the fill;
+epoch 2 calls ``load_images`` again (a cache hit) and iterates again. Both sides run in this one process tree, one
+after the other; compare the ratios, since absolute figures move with the load of a shared machine.
+
+The images are generated once under ``--work`` from scikit-image's sample photos (random crops, scales, colour
+shifts and sensor-like noise; one class per source photo) and reused by later runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+from picstory.config import AugmentConfig  # noqa: E402
+from picstory.data.cache import available_cores, load_images  # noqa: E402
+from picstory.data.sources import resolve  # noqa: E402
+
+SOURCES = ("astronaut", "coffee", "chelsea", "rocket", "retina")  # skimage.data photos, one class each
+SETS = {"web": (500, 375), "camera": (3000, 2000)}  # landscape size in px; a quarter are portrait
+MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+SIZE, BATCH, LOADER_WORKERS = 224, 64, 2
+
+
+# ---- data --------------------------------------------------------------------------------------------------------
+
+
+def _make_one(job: tuple[str, int, int, int, int]) -> None:
+    path, width, height, source_index, seed = job
+    import skimage.data
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    photo = getattr(skimage.data, SOURCES[source_index])()
+    ph, pw = photo.shape[:2]
+    scale = rng.uniform(0.5, 1.0)  # crop a random 50–100 % window of the photo
+    ch, cw = int(ph * scale), int(pw * scale)
+    top, left = rng.integers(0, ph - ch + 1), rng.integers(0, pw - cw + 1)
+    if rng.random() < 0.25:
+        width, height = height, width
+    im = Image.fromarray(photo[top:top + ch, left:left + cw]).resize((width, height), Image.Resampling.BICUBIC)
+    arr = np.asarray(im, dtype=np.float32) * rng.uniform(0.8, 1.2, 3)  # colour cast
+    arr += rng.normal(0, 4, arr.shape).astype(np.float32)  # sensor noise: realistic JPEG sizes for upscaled crops
+    if rng.random() < 0.5:
+        arr = arr[:, ::-1]
+    Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8)).save(path, "JPEG", quality=int(rng.integers(80, 95)))
+
+
+def make_set(root: Path, n: int, size: tuple[int, int], workers: int) -> Path:
+    """root/CLASS/NNNNN.jpg, generated once (a marker file records the count)."""
+    marker = root / f".complete-{n}"
+    if marker.exists():
+        return root
+    jobs = []
+    for i in range(n):
+        cls = i % len(SOURCES)
+        path = root / SOURCES[cls] / f"{i:05d}.jpg"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        jobs.append((str(path), size[0], size[1], cls, i))
+    t = time.perf_counter()
+    with ProcessPoolExecutor(workers) as pool:
+        list(pool.map(_make_one, jobs, chunksize=8))
+    marker.touch()
+    print(f"  generated {n} images of {size[0]}×{size[1]} in {root} ({time.perf_counter() - t:.0f} s)")
+    return root
+
+
+# ---- the two pipelines -------------------------------------------------------------------------------------------
+
+
+def torchvision_epochs(root: Path, epochs: int) -> list[float]:
+    from torch.utils.data import DataLoader
+    from torchvision import datasets, transforms
+
+    t0 = time.perf_counter()
+    tf = transforms.Compose([transforms.RandomResizedCrop(SIZE), transforms.RandomHorizontalFlip(),
+                             transforms.ToTensor()])
+    loader = DataLoader(datasets.ImageFolder(str(root), tf), batch_size=BATCH, num_workers=LOADER_WORKERS,
+                        shuffle=True)
+    times = []
+    for _ in range(epochs):
+        for x, y in loader:
+            pass
+        times.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+    return times
+
+
+def picstory_epochs(root: Path, epochs: int, cache_dir: Path) -> list[float]:
+    from picstory.data.batches import BatchIterator
+
+    times = []
+    for epoch in range(epochs):
+        t0 = time.perf_counter()
+        source = resolve(str(root))
+        classes = source.classes
+        labels = torch.tensor([classes.index(r.label) for r in source.records])
+        cached = load_images(source, range(len(source.records)), SIZE, 3, "crop", workers=0, progress=False,
+                             cache_dir=cache_dir)
+        images = torch.from_numpy(cached.images).permute(0, 3, 1, 2)  # N×C×H×W view of the memmap
+        it = BatchIterator(images, labels, BATCH, MEAN, STD, augment=AugmentConfig(rrc_scale=0.35), shuffle=True,
+                           seed=0)
+        it.set_epoch(epoch)
+        for x, y in it:
+            pass
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+# ---- report ------------------------------------------------------------------------------------------------------
+
+
+def run_set(name: str, n: int, root: Path, work: Path) -> dict:
+    tv = torchvision_epochs(root, 2)
+    with tempfile.TemporaryDirectory(dir=work) as cache_dir:
+        ps = picstory_epochs(root, 2, Path(cache_dir))
+    row = {"set": name, "n": n, "tv": [n / t for t in tv], "ps": [n / t for t in ps]}
+    row["ratio"] = [p / t for p, t in zip(row["ps"], row["tv"])]
+    print(f"  {name:7s} {n:6d}  torchvision {row['tv'][0]:7.0f} {row['tv'][1]:7.0f} img/s   picstory "
+          f"{row['ps'][0]:7.0f} {row['ps'][1]:7.0f} img/s   ratio {row['ratio'][0]:5.1f}× {row['ratio'][1]:6.1f}×")
+    return row
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--n-web", type=int, default=2000, help="web-sized (500×375) images; 0 skips the set")
+    ap.add_argument("--n-camera", type=int, default=300, help="camera-sized (3000×2000) images; 0 skips the set")
+    ap.add_argument("--work", type=Path, default=Path("/tmp/picstory-bench-ingest"), help="scratch folder")
+    ap.add_argument("--cores", type=int, default=0,
+                    help="pin the timed part to this many cores (0 = all; generation always uses all)")
+    args = ap.parse_args(argv)
+    args.work.mkdir(parents=True, exist_ok=True)
+    sets = [(name, n) for name, n in (("web", args.n_web), ("camera", args.n_camera)) if n]
+    roots = {name: make_set(args.work / f"{name}-{n}", n, SETS[name], available_cores()) for name, n in sets}
+    if args.cores:  # DataLoader workers and decode threads inherit the affinity: both sides get the same cores
+        os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[: args.cores])
+    cores = available_cores()
+    torch.set_num_threads(cores)
+    print(f"ingest bench: {cores} cores, torch {torch.__version__}, {SIZE} px, batch {BATCH}, "
+          f"DataLoader workers {LOADER_WORKERS}, picstory decode threads {cores}")
+    print("  set          N  images/s        epoch 1 epoch 2                   epoch 1 epoch 2         epoch 1 epoch 2")
+    rows = [run_set(name, n, roots[name], args.work) for name, n in sets]
+    targets = {"web": (1.0, 10.0), "camera": (3.0, 10.0)}
+    for row in rows:
+        want = targets[row["set"]]
+        verdict = ["ok" if r >= w else "BELOW" for r, w in zip(row["ratio"], want)]
+        print(f"  {row['set']}: epoch 1 {row['ratio'][0]:.1f}× (target ≥ {want[0]:g}×: {verdict[0]}), "
+              f"epoch 2 {row['ratio'][1]:.1f}× (target ≥ {want[1]:g}×: {verdict[1]})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,241 @@
+"""Architecture probe: speed, FLOPs and a short real Fashion-MNIST training per candidate, in one table.
+
+    .venv/bin/python bench/models.py                                # picnet family + seed CNNs, speed + training
+    .venv/bin/python bench/models.py --models picnet-s --epochs 4   # one model, one budget
+    .venv/bin/python bench/models.py --speed-only --models all      # every candidate, no training
+    python3 bench/models.py --device cuda --grid ...               # accuracy-per-epoch grids on a GPU
+
+Speed: forward+backward images/s at batch 256, fp32 and bf16 autocast, channels_last, a few timed steps after
+warm-up (the machine is shared: compare rows of one run, repeat when close). Training: the inline airbench-style
+loop below — flip + random-translate on uint8 tensors, label smoothing 0.1, piecewise-linear one-cycle LR,
+SGD-Nesterov or AdamW — then test accuracy without and with flip TTA. Accuracy per epoch does not depend on the
+hardware, so grids can run on a GPU and CPU seconds follow from epochs × 60,000 / CPU img/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+from picstory.models import count_flops, create_model  # noqa: E402
+
+# label → (registry name, extra kwargs). Variants beyond the registered sizes are the probe's design space.
+CANDIDATES: dict[str, tuple[str, dict]] = {
+    "seed-mnist-cnn": ("seed-mnist-cnn", {}),
+    "seed-cifar-cnn": ("seed-cifar-cnn", {}),
+    "picnet-s": ("picnet-s", {}),
+    "picnet-m": ("picnet-m", {}),
+    "picnet-l": ("picnet-l", {}),
+    "v-16-000": ("picnet-s", dict(widths=(16, 32, 64, 128), residual=(0, 0, 0), pool_first=True)),
+    "v-16-101": ("picnet-s", dict(widths=(16, 32, 64, 128), residual=(1, 0, 1), pool_first=True)),
+    "v-24-000": ("picnet-s", dict(widths=(24, 48, 96, 192), residual=(0, 0, 0), pool_first=True)),
+    "v-24-001": ("picnet-s", dict(widths=(24, 48, 96, 192), residual=(0, 0, 1), pool_first=True)),
+    "v-32-101": ("picnet-s", dict(widths=(32, 64, 128, 256), residual=(1, 0, 1), pool_first=True)),
+    "v-32-111": ("picnet-s", dict(widths=(32, 64, 128, 256), residual=(1, 1, 1), pool_first=True)),
+    "v-24-101c": ("picnet-s", dict(widths=(24, 48, 96, 192), residual=(1, 0, 1), pool_first=False)),
+    "v-32-101c": ("picnet-s", dict(widths=(32, 64, 128, 256), residual=(1, 0, 1), pool_first=False)),
+    "v-48-101": ("picnet-s", dict(widths=(48, 96, 192, 384), residual=(1, 0, 1), pool_first=True)),
+    "v-64-111": ("picnet-s", dict(widths=(64, 128, 256, 512), residual=(1, 1, 1), pool_first=True)),
+}
+DEFAULT_MODELS = "seed-mnist-cnn,picnet-s,picnet-m,picnet-l"
+HYP = dict(batch_size=256, optimizer="sgd", lr=0.1, weight_decay=5e-4, warmup_frac=0.2, label_smoothing=0.1,
+           translate_px=2, seed=0)
+OPT_DEFAULTS = {"sgd": dict(lr=0.1, weight_decay=5e-4), "adamw": dict(lr=3e-3, weight_decay=0.05)}
+
+
+def load_fashion(device: str):
+    from picstory.data.sources import resolve
+
+    src = resolve("builtin:fashion-mnist")
+    classes = src.classes
+    idx = {c: i for i, c in enumerate(classes)}
+    x = torch.from_numpy(np.ascontiguousarray(src.arrays))[:, None]  # N×1×28×28 uint8
+    y = torch.tensor([idx[r.label] for r in src.records])
+    train = torch.tensor([r.split == "train" for r in src.records])
+    return x[train].to(device), y[train].to(device), x[~train].to(device), y[~train].to(device)
+
+
+def normalise(x_uint8: torch.Tensor) -> torch.Tensor:
+    return (x_uint8.float() / 127.5 - 1.0).contiguous(memory_format=torch.channels_last)
+
+
+def augment(x: torch.Tensor, pad: int, gen: torch.Generator) -> torch.Tensor:
+    """Per-image horizontal flip and random translation by up to ``pad`` px (zero padding), as tensor ops."""
+    n, _, h, w = x.shape
+    flip = torch.rand(n, device=x.device, generator=gen) < 0.5
+    x = torch.where(flip[:, None, None, None], x.flip(3), x)
+    if pad:
+        xp = F.pad(x, (pad, pad, pad, pad))
+        dy = torch.randint(0, 2 * pad + 1, (n,), device=x.device, generator=gen)
+        dx = torch.randint(0, 2 * pad + 1, (n,), device=x.device, generator=gen)
+        rows = (torch.arange(h, device=x.device)[None] + dy[:, None])[:, None, :, None]
+        cols = (torch.arange(w, device=x.device)[None] + dx[:, None])[:, None, None, :]
+        x = xp[torch.arange(n, device=x.device)[:, None, None, None], torch.arange(x.shape[1], device=x.device)
+               [None, :, None, None], rows, cols]
+    return x
+
+
+def autocast(device: str, precision: str):
+    if precision == "bf16":
+        return torch.autocast(device.split(":")[0], dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def build(label: str, in_chans: int = 1, img_size: int = 28, device: str = "cpu"):
+    name, kwargs = CANDIDATES[label]
+    model = create_model(name, num_classes=10, in_chans=in_chans, img_size=img_size, **kwargs)
+    return model.to(device).to(memory_format=torch.channels_last)
+
+
+def speed(label: str, precision: str, device: str, batch: int = 256, iters: int = 4) -> float:
+    """Training images/s (forward + backward + SGD step) at ``batch``."""
+    model = build(label, device=device)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    x = torch.randn(batch, 1, 28, 28, device=device).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 10, (batch,), device=device)
+
+    def step():
+        with autocast(device, precision):
+            loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    for _ in range(2):
+        step()
+    sync(device)
+    t0 = time.perf_counter()
+    for _ in range(iters):
+        step()
+    sync(device)
+    return batch * iters / (time.perf_counter() - t0)
+
+
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def make_optimizer(model, hyp: dict):
+    decay = [p for n, p in model.named_parameters() if p.ndim > 1]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]  # BN and biases: decay only hurts
+    groups = [dict(params=decay, weight_decay=hyp["weight_decay"]), dict(params=no_decay, weight_decay=0.0)]
+    if hyp["optimizer"] == "sgd":
+        return torch.optim.SGD(groups, lr=hyp["lr"], momentum=0.9, nesterov=True)
+    return torch.optim.AdamW(groups, lr=hyp["lr"], betas=(0.9, 0.99))
+
+
+def one_cycle(total_steps: int, warmup_frac: float):
+    """LR factor: linear 0.1 → 1 over the warm-up, then linear to 0 (airbench's triangle)."""
+    warm = max(1, int(total_steps * warmup_frac))
+
+    def factor(step: int) -> float:
+        if step < warm:
+            return 0.1 + 0.9 * step / warm
+        return max(0.0, (total_steps - step) / max(1, total_steps - warm))
+    return factor
+
+
+@torch.inference_mode()
+def evaluate(model, x, y, device: str, precision: str) -> tuple[float, float]:
+    model.eval()
+    correct = correct_tta = 0
+    for i in range(0, len(x), 1000):
+        xb = normalise(x[i:i + 1000])
+        with autocast(device, precision):
+            logits = model(xb).float()
+            logits_tta = logits + model(xb.flip(3)).float()
+        correct += (logits.argmax(1) == y[i:i + 1000]).sum().item()
+        correct_tta += (logits_tta.argmax(1) == y[i:i + 1000]).sum().item()
+    return correct / len(x), correct_tta / len(x)
+
+
+def train(label: str, data, epochs: int, hyp: dict, device: str, precision: str) -> dict:
+    torch.manual_seed(hyp["seed"])
+    xtr, ytr, xte, yte = data
+    model = build(label, device=device)
+    opt = make_optimizer(model, hyp)
+    bs = hyp["batch_size"]
+    steps_per_epoch = len(xtr) // bs
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, one_cycle(epochs * steps_per_epoch, hyp["warmup_frac"]))
+    gen = torch.Generator(device=device).manual_seed(hyp["seed"])
+    sync(device)
+    t0 = time.perf_counter()
+    for _ in range(epochs):
+        model.train()
+        order = torch.randperm(len(xtr), device=device, generator=gen)
+        for s in range(steps_per_epoch):
+            idx = order[s * bs:(s + 1) * bs]
+            xb = normalise(augment(xtr[idx], hyp["translate_px"], gen))
+            with autocast(device, precision):
+                loss = F.cross_entropy(model(xb), ytr[idx], label_smoothing=hyp["label_smoothing"])
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            sched.step()
+    sync(device)
+    seconds = time.perf_counter() - t0
+    acc, acc_tta = evaluate(model, xte, yte, device, precision)
+    return dict(seconds=seconds, acc=acc, acc_tta=acc_tta)
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", default=DEFAULT_MODELS, help="comma-separated candidate labels, or 'all'")
+    p.add_argument("--epochs", default="4", help="comma-separated epoch budgets to train each model for")
+    p.add_argument("--optimizer", default="sgd", choices=("sgd", "adamw"))
+    p.add_argument("--lr", type=float, default=0.0, help="peak LR (0 = the optimizer's default)")
+    p.add_argument("--weight-decay", type=float, default=-1.0, help="(-1 = the optimizer's default)")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--warmup-frac", type=float, default=0.2)
+    p.add_argument("--translate-px", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--precision", default="bf16", choices=("bf16", "fp32"), help="training precision")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0 = leave torch's default)")
+    p.add_argument("--speed-only", action="store_true")
+    p.add_argument("--no-speed", action="store_true", help="skip the speed probe (GPU grids)")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    labels = list(CANDIDATES) if args.models == "all" else args.models.split(",")
+    hyp = {**HYP, **OPT_DEFAULTS[args.optimizer], "optimizer": args.optimizer, "batch_size": args.batch_size,
+           "warmup_frac": args.warmup_frac, "translate_px": args.translate_px, "seed": args.seed}
+    hyp["lr"] = args.lr or hyp["lr"]
+    hyp["weight_decay"] = hyp["weight_decay"] if args.weight_decay < 0 else args.weight_decay
+    print(f"# torch {torch.__version__}, cpu capability {torch.backends.cpu.get_cpu_capability()}, "
+          f"threads {torch.get_num_threads()}, device {args.device}, hyp {hyp}, train precision {args.precision}",
+          flush=True)
+    data = None if args.speed_only else load_fashion(args.device)
+    print(f"{'model':<16} {'params':>9} {'MFLOPs':>8} {'img/s fp32':>10} {'img/s bf16':>10} {'epochs':>6} "
+          f"{'seconds':>8} {'test acc':>8} {'tta acc':>8}", flush=True)
+    for label in labels:
+        model = build(label)
+        params = sum(p.numel() for p in model.parameters())
+        mflops = count_flops(model, (1, 28, 28)) / 1e6
+        fp32 = bf16 = float("nan")
+        if not args.no_speed:
+            fp32, bf16 = speed(label, "fp32", args.device), speed(label, "bf16", args.device)
+        row = f"{label:<16} {params:>9,} {mflops:>8.2f} {fp32:>10.0f} {bf16:>10.0f}"
+        if args.speed_only:
+            print(row, flush=True)
+            continue
+        for epochs in [int(e) for e in args.epochs.split(",")]:
+            r = train(label, data, epochs, hyp, args.device, args.precision)
+            print(f"{row} {epochs:>6} {r['seconds']:>8.1f} {r['acc']:>8.4f} {r['acc_tta']:>8.4f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,148 @@
+"""What each sub-command does: a call into the library and a short, readable print-out."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+from pathlib import Path
+
+from .cli import _overrides
+from .errors import UserError
+
+
+def _cmdline(argv: list[str]) -> str:
+    return "picstory " + shlex.join(argv)
+
+
+def cmd_data(args: argparse.Namespace, argv: list[str]) -> int:
+    if args.data_command == "export":
+        from .data.builtin import export_folder
+        from .data.sources import resolve
+
+        counts = export_folder(resolve(args.data), args.out)
+        print(f"wrote {sum(counts.values())} PNG files to {args.out} ({', '.join(f'{k}: {v}' for k, v in counts.items())})")
+        return 0
+    from .data.audit import check
+    from .runs import slug
+
+    out = Path(args.out or Path("data-check") / slug(args.data))
+    report = check(args.data, out, path_col=args.path_col, label_col=args.label_col,
+                   max_bad_fraction=args.max_bad_fraction)
+    print(f"{report['total']} images, {len(report['classes'])} classes, {len(report['bad_files'])} bad files, "
+          f"{len(report['duplicates'])} duplicate groups, {len(report['leaks'])} cross-split leaks")
+    for w in report.get("warnings", []):
+        print(f"  - {w}")
+    verdict = "usable" if report["usable"] else "NOT usable: " + "; ".join(report.get("unusable_reasons", []))
+    print(f"{verdict}\nreport: {out / 'report.html'}")
+    return 0 if report["usable"] else 2
+
+
+def cmd_train(args: argparse.Namespace, argv: list[str]) -> int:
+    from .train.run import train
+
+    run = train(args.data, config=args.config, resume=args.resume, progress=not args.quiet,
+                command=_cmdline(argv), **_overrides(args))
+    s = run.summary
+    if s:
+        test = s.get("test_accuracy")
+        print(f"\n{run.path}: best epoch {s['best_epoch']}/{s['epochs_run']}, val acc {s['val_accuracy']:.4f}, "
+              f"test acc {test:.4f}" if test is not None else f"\n{run.path}: no test split", end="")
+        print(f", {s['train_seconds']:.0f}s ({s['stop_reason']})")
+        print(f"report: {run.path / 'report.html'}")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace, argv: list[str]) -> int:
+    from .evaluate.api import evaluate_run
+
+    r = evaluate_run(args.run, data=args.data, tta=args.tta)
+    if not r:
+        raise UserError(f"{args.run}: the run has no test split to evaluate; pass DATA")
+    print(f"{r['split']} accuracy {r['accuracy']:.4f}  top-5 {r.get('top5_accuracy', float('nan')):.4f}  "
+          f"loss {r['loss']:.4f}  ({r['n']} images, tta {r['tta']})")
+    worst = sorted(r["per_class"], key=lambda c: c["f1"])[:3]
+    print("weakest classes: " + ", ".join(f"{c['class']} (F1 {c['f1']:.2f})" for c in worst))
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace, argv: list[str]) -> int:
+    from .deploy.predict import expand_inputs, format_predictions, load
+
+    predictor = load(args.target, backend=args.backend)
+    results = predictor.predict(expand_inputs(args.images), top_k=args.top_k, tta=args.tta)
+    print(format_predictions(results, args.format, args.top_k))
+    return 1 if any(r.get("error") for r in results) else 0
+
+
+def cmd_export(args: argparse.Namespace, argv: list[str]) -> int:
+    from .deploy.export import export
+
+    export(args.run, fmt=args.format, opset=args.opset, dynamic_batch=args.dynamic_batch)
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace, argv: list[str]) -> int:
+    from .deploy.serve import serve
+
+    serve(args.run, host=args.host, port=args.port, workers=args.workers, backend=args.backend,
+          log_path=args.log, store_inputs=args.store_inputs, max_body_bytes=int(args.max_body_mb * 2**20))
+    return 0
+
+
+def cmd_sweep(args: argparse.Namespace, argv: list[str]) -> int:
+    from .compare.sweep import sweep
+
+    result = sweep(args.data, args.grid, repeats=args.repeats, jobs=args.jobs, command=_cmdline(argv),
+                   **_overrides(args))
+    print(result["table"])
+    print(f"comparison: {result['dir']}/comparison.html")
+    return 0
+
+
+def cmd_lr_find(args: argparse.Namespace, argv: list[str]) -> int:
+    from .compare.lr_find import lr_find
+
+    r = lr_find(args.data, **_overrides(args))
+    print(f"suggested lr: {r['suggested_lr']:.2e}   plot: {r.get('plot', '')}")
+    return 0
+
+
+def cmd_runs(args: argparse.Namespace, argv: list[str]) -> int:
+    from .compare.table import format_runs
+    from .runs import list_runs
+
+    print(format_runs(list_runs(args.dir), args.format, args.sort))
+    return 0
+
+
+def cmd_monitor(args: argparse.Namespace, argv: list[str]) -> int:
+    from .monitor import monitor
+
+    r = monitor(args.run, log=args.log, out=args.out, export_relabel=args.export_relabel,
+                low_confidence=args.low_confidence)
+    print(json.dumps({k: v for k, v in r.items() if not isinstance(v, (list, dict))}, indent=1))
+    return 0
+
+
+def cmd_doctor(args: argparse.Namespace, argv: list[str]) -> int:
+    from .doctor import diagnose, doctor_text, export_relabel
+    from .runs import find_run
+
+    run = find_run(args.run)
+    result = diagnose(run, target_accuracy=args.target_accuracy, class_recall_target=args.class_recall)
+    print(json.dumps(result, indent=1) if args.format == "json" else doctor_text(result))
+    if args.export_relabel:
+        n = export_relabel(run, args.export_relabel)
+        print(f"copied {n} images to check into {args.export_relabel}")
+    return 0
+
+
+def cmd_models(args: argparse.Namespace, argv: list[str]) -> int:
+    from .models import has_pretrained, list_models
+
+    for name in list_models(args.pattern):
+        print(name + ("  (pretrained weights)" if has_pretrained(name) else ""))
+    return 0
+
+

@@ -1,0 +1,228 @@
+"""``picstory export``: the bundle's model as ONNX or TorchScript, checked against the torch model before it is kept.
+
+Contract of an exported file (also written to ``model.json`` under ``exports``):
+- input ``input``: float32 N×C×H×W, already normalised — ``(uint8 / 255 - mean) / std`` of the pixels that
+  :func:`picstory.deploy.predict.preprocess` produces;
+- output ``probabilities``: float32 N×K softmax probabilities (the softmax is part of the exported graph).
+
+ONNX uses torch's TorchScript-based exporter (``dynamo=False``): it needs no extra packages (the dynamo exporter
+needs onnxscript) and handles the conv/BatchNorm/activation graphs of picstory and timm models. BatchNorm is folded
+into the convolutions by the exporter's constant folding and ONNX Runtime's graph optimisation.
+
+The parity check runs up to 64 images through both models: max |Δ probability| must be ≤ ``PARITY_ATOL`` and the
+top-1 class must agree (a disagreement between two classes whose torch probabilities are within the tolerance is a
+numerical tie and is reported, not failed). A failed check raises :class:`UserError` and leaves no file behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+import warnings
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import UserError
+from .bundle import find_bundle, fsync_dir, load_bundle, public_mode, read_meta, update_meta
+
+FORMATS = {"onnx": "model.onnx", "torchscript": "model.torchscript.pt"}
+PARITY_ATOL = 1e-4
+PARITY_MAX_IMAGES = 64
+PARITY_RANDOM_IMAGES = 16
+INPUT_NAME, OUTPUT_NAME = "input", "probabilities"
+
+
+class WithSoftmax(nn.Module):
+    """The exported graph: the classifier followed by softmax, in fp32."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(self.model(x).float(), dim=1)
+
+
+def export(run_or_bundle: str | Path, fmt: str = "onnx", opset: int = 17, dynamic_batch: bool = True,
+           parity_images: Sequence | torch.Tensor | None = None, verbose: bool = True) -> dict:
+    """Export the bundle's model to ``<bundle>/model.onnx`` or ``model.torchscript.pt``; returns the export record
+    (file, sha256, input/output description, parity figures) that is also stored in model.json."""
+    if fmt not in FORMATS:
+        raise UserError(f"export format {fmt!r}: choose {' or '.join(FORMATS)}")
+    bundle = find_bundle(run_or_bundle)
+    model, meta = load_bundle(bundle, "cpu")
+    model = model.to(memory_format=torch.contiguous_format)
+    images = parity_batch(meta, parity_images)
+    final = bundle / FORMATS[fmt]
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=bundle)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        example = torch.zeros(1 if not dynamic_batch else 2, meta["in_chans"], meta["img_size"], meta["img_size"])
+        _write_export(WithSoftmax(model).eval(), example, tmp, fmt, opset, dynamic_batch)
+        parity = check_parity(model, meta, tmp, fmt, images, dynamic_batch)
+        if not parity["passed"]:
+            raise UserError(f"{final}: parity check failed (max |Δp| {parity['max_abs_diff']:.2e} > "
+                            f"{PARITY_ATOL:.0e} or top-1 agreement {parity['top1_agreement']:.2%} on "
+                            f"{parity['images']} images); nothing was written")
+        data = tmp.read_bytes()
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        public_mode(tmp)
+        os.replace(tmp, final)
+        fsync_dir(bundle)
+    finally:
+        tmp.unlink(missing_ok=True)
+    record = _record(meta, final, hashlib.sha256(data).hexdigest(), fmt, opset, dynamic_batch, parity)
+    update_meta(bundle, exports={**meta.get("exports", {}), fmt: record})
+    if verbose:
+        print(f"exported {final} ({len(data) / 1e6:.1f} MB): parity on {parity['images']} images, max |Δp| "
+              f"{parity['max_abs_diff']:.1e}, top-1 agreement {parity['top1_agreement']:.0%}")
+    return record
+
+
+def _write_export(wrapped: nn.Module, example: torch.Tensor, path: Path, fmt: str, opset: int,
+                  dynamic_batch: bool) -> None:
+    with torch.no_grad(), warnings.catch_warnings():
+        # the TorchScript-based paths warn that they are superseded; they are the ones that work offline here
+        warnings.simplefilter("ignore")
+        if fmt == "onnx":
+            axes = {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}} if dynamic_batch else None
+            torch.onnx.export(wrapped, (example,), str(path), dynamo=False, opset_version=opset,
+                              input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], dynamic_axes=axes,
+                              do_constant_folding=True)
+        else:
+            traced = torch.jit.trace(wrapped, example, check_trace=False)
+            torch.jit.save(traced, str(path))
+
+
+def _record(meta: dict, final: Path, sha: str, fmt: str, opset: int, dynamic_batch: bool, parity: dict) -> dict:
+    c, s = meta["in_chans"], meta["img_size"]
+    record = {
+        "file": final.name, "sha256": sha, "dynamic_batch": dynamic_batch,
+        "input": {"name": INPUT_NAME, "dtype": "float32", "shape": ["N" if dynamic_batch else 1, c, s, s],
+                  "layout": "NCHW", "values": "(pixel / 255 - mean) / std, pixels from the bundle's preprocessing"},
+        "output": {"name": OUTPUT_NAME, "dtype": "float32", "shape": ["N" if dynamic_batch else 1,
+                                                                      meta["num_classes"]],
+                   "values": "softmax probabilities (softmax is part of the graph)"},
+        "parity": parity, "torch_version": torch.__version__,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    if fmt == "onnx":
+        record.update(opset=opset, exporter="torch.onnx.export (TorchScript-based, dynamo=False)")
+    return record
+
+
+def parity_batch(meta: dict, images: Sequence | torch.Tensor | None = None) -> torch.Tensor:
+    """uint8 N×C×H×W for the parity check: the caller's images (tensor or image sources) first, then seeded random
+    ones — half smooth blobs (photo-like low frequencies), half noise — up to PARITY_MAX_IMAGES."""
+    c, s = int(meta["in_chans"]), int(meta["img_size"])
+    given = _given_images(images, meta)[:PARITY_MAX_IMAGES - PARITY_RANDOM_IMAGES]
+    gen = torch.Generator().manual_seed(0)
+    n_rand = PARITY_RANDOM_IMAGES if len(given) else PARITY_MAX_IMAGES // 2
+    noise = torch.randint(0, 256, (n_rand // 2, c, s, s), generator=gen, dtype=torch.uint8)
+    low = torch.rand(n_rand - n_rand // 2, c, 6, 6, generator=gen) * 255
+    smooth = F.interpolate(low, size=(s, s), mode="bilinear", align_corners=False).round().clamp(0, 255)
+    return torch.cat([given, noise, smooth.to(torch.uint8)])
+
+
+def _given_images(images: Sequence | torch.Tensor | None, meta: dict) -> torch.Tensor:
+    c, s = int(meta["in_chans"]), int(meta["img_size"])
+    if images is None or len(images) == 0:
+        return torch.zeros(0, c, s, s, dtype=torch.uint8)
+    if isinstance(images, torch.Tensor):
+        if images.dtype != torch.uint8 or tuple(images.shape[1:]) != (c, s, s):
+            raise ValueError(f"parity images must be uint8 N×{c}×{s}×{s}, got {images.dtype} {tuple(images.shape)}")
+        return images
+    from .predict import preprocess
+
+    return torch.stack([preprocess(src, meta) for src in images])
+
+
+def check_parity(model: nn.Module, meta: dict, path: Path, fmt: str, images: torch.Tensor,
+                 dynamic_batch: bool = True) -> dict:
+    """Compare the torch model with the exported file on ``images`` (uint8 N×C×H×W)."""
+    from ..data.batches import normalize
+    from ..evaluate.tta import predict_proba
+
+    x = normalize(images, tuple(meta["mean"]), tuple(meta["std"])).float()
+    ref = predict_proba(model, x, "none").numpy()
+    if dynamic_batch:
+        got = _run_exported(path, fmt, x)
+    else:
+        got = np.concatenate([_run_exported(path, fmt, x[i:i + 1]) for i in range(len(x))])
+    return compare(ref, got)
+
+
+def compare(ref: np.ndarray, got: np.ndarray, atol: float | None = None) -> dict:
+    """Parity figures of exported probabilities ``got`` against the torch model's ``ref`` (both N×K)."""
+    atol = PARITY_ATOL if atol is None else atol
+    n = len(ref)
+    diff = float(np.abs(ref - got).max()) if n else 0.0
+    ref_top, got_top = ref.argmax(1), got.argmax(1)
+    agree = ref_top == got_top
+    # a different argmax between classes the torch model scores within the tolerance is a tie, not a defect
+    ties = ~agree & (ref[np.arange(n), ref_top] - ref[np.arange(n), got_top] <= atol)
+    return {"images": int(n), "max_abs_diff": diff, "atol": atol,
+            "top1_agreement": float(agree.mean()) if n else 1.0, "ties": int(ties.sum()),
+            "passed": bool(diff <= atol and (agree | ties).all())}
+
+
+def _run_exported(path: Path, fmt: str, x: torch.Tensor) -> np.ndarray:
+    """Probabilities from the exported file (the function tests replace to simulate a broken export)."""
+    if fmt == "onnx":
+        return run_onnx(make_session(path.read_bytes()), x)
+    with torch.inference_mode(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # TorchScript is deprecated; its loader still works
+        module = torch.jit.load(str(path), map_location="cpu")
+        return module(x.contiguous()).float().numpy()
+
+
+def make_session(model: bytes | str, threads: int | None = None) -> Any:
+    """An ONNX Runtime CPU session with full graph optimisation and ``threads`` intra-op threads (default: the
+    threads torch uses, so both backends get the same share of a shared machine)."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.intra_op_num_threads = threads or torch.get_num_threads()
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.log_severity_level = 3
+    return ort.InferenceSession(model, sess_options=opts, providers=["CPUExecutionProvider"])
+
+
+def run_onnx(session: Any, x: torch.Tensor) -> np.ndarray:
+    """Run a session on a normalised float batch → N×K probabilities."""
+    arr = np.ascontiguousarray(x.detach().cpu().float().contiguous().numpy())
+    return session.run([OUTPUT_NAME], {INPUT_NAME: arr})[0]
+
+
+def onnx_session(run_or_bundle: str | Path, threads: int | None = None) -> tuple[Any, dict]:
+    """(session, meta) for the bundle's model.onnx, exporting it first when absent; the file must match the
+    sha256 recorded at export."""
+    bundle = find_bundle(run_or_bundle)
+    meta = read_meta(bundle)
+    path = bundle / FORMATS["onnx"]
+    record = meta.get("exports", {}).get("onnx")
+    if record is None or not path.is_file():
+        export(bundle, "onnx", verbose=False)
+        meta = read_meta(bundle)
+        record = meta["exports"]["onnx"]
+    data = path.read_bytes()
+    if hashlib.sha256(data).hexdigest() != record.get("sha256"):
+        raise UserError(f"{path}: sha256 does not match model.json (modified or corrupt); run "
+                        f"`picstory export {bundle} --format onnx` again")
+    try:
+        return make_session(data, threads), meta
+    except Exception as e:  # onnxruntime raises its own exception types for a malformed model
+        raise UserError(f"{path}: ONNX Runtime cannot load it ({str(e).splitlines()[0][:120]}); export again") \
+            from None

@@ -1,0 +1,313 @@
+"""Predict with a run, a bundle or a pretrained model name — on the torch or the ONNX Runtime backend.
+
+Every image goes through :func:`preprocess`, the same decode → fit path the training cache stores, so a file gets
+the same pixels in train, eval, predict and serve. A file that cannot be decoded becomes a result with ``error``
+set; one bad file never stops a batch.
+
+Pretrained model names (``picstory predict efficientnet_lite0 cat.jpg``) use the ImageNet classes and the
+weights' own mean/std, framed the way ImageNet models are evaluated: the shorter side is fitted to
+``img_size / crop_pct`` (256 px for 224 px and crop_pct 0.875), then the centre ``img_size`` square is kept.
+Bundles from training have no ``crop_pct`` (1.0): their pixels are exactly what training saw.
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import io
+import json
+import os
+import shutil
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..data.batches import normalize
+from ..data.cache import prepare_image
+from ..data.decode import DecodeError
+from ..data.sources import IMAGE_EXTS
+from ..errors import UserError
+from .bundle import PREPROCESSING, find_bundle, load_bundle
+
+PRETRAINED_CROP_PCT = 0.875
+
+
+def preprocess(src: Any, meta: dict) -> torch.Tensor:
+    """One image (path, bytes, PIL image or H×W[×C] uint8 array) → uint8 C×H×W tensor as the model sees it."""
+    size = int(meta["img_size"])
+    crop_pct = float(meta.get("crop_pct", 1.0))
+    frame = round(size / crop_pct) if crop_pct < 1.0 else size
+    # the cache's own decode → draft → fit step, so predict sees exactly the pixels training stored
+    img = prepare_image(_as_source(src), frame, int(meta["in_chans"]), meta.get("fit", "crop"))
+    if frame != size:
+        top = (frame - size) // 2
+        img = img[top:top + size, top:top + size]
+    return torch.from_numpy(np.require(img, np.uint8, ["C", "W"])).permute(2, 0, 1)
+
+
+def _as_source(src: Any) -> str | Path | bytes:
+    """Paths and encoded bytes go to the decoder as they are; in-memory images are re-encoded losslessly (PNG) so
+    they too pass through the one decoder (mode conversion, 16-bit scaling, pixel limits)."""
+    if isinstance(src, (str, Path, bytes)):
+        return src
+    if isinstance(src, (bytearray, memoryview)):
+        return bytes(src)
+    if isinstance(src, np.ndarray):
+        if src.dtype != np.uint8 or src.ndim not in (2, 3) or (src.ndim == 3 and src.shape[2] not in (1, 3, 4)):
+            raise DecodeError(f"array must be uint8 H×W or H×W×(1|3|4), got {src.dtype} {src.shape}")
+        src = Image.fromarray(src[..., 0] if src.ndim == 3 and src.shape[2] == 1 else src)
+    if isinstance(src, Image.Image):
+        if src.mode not in ("1", "L", "LA", "I", "I;16", "P", "RGB", "RGBA"):
+            src = src.convert("RGB")  # e.g. CMYK, YCbCr: PNG cannot hold them
+        buf = io.BytesIO()
+        src.save(buf, format="PNG", compress_level=0)
+        return buf.getvalue()
+    raise DecodeError(f"unsupported input type {type(src).__name__}")
+
+
+def _input_name(src: Any, i: int) -> str:
+    if isinstance(src, (str, Path)):
+        return str(src)
+    if isinstance(src, Image.Image) and getattr(src, "filename", ""):
+        return str(src.filename)
+    return f"<{type(src).__name__} #{i}>"
+
+
+class Predictor:
+    """Class probabilities for images. ``backend`` is ``torch`` (``model`` set) or ``onnx`` (``session`` set)."""
+
+    def __init__(self, meta: dict, model: torch.nn.Module | None = None, session: Any = None,
+                 device: str = "cpu", source: str = "", bundle_dir: Path | None = None):
+        if (model is None) == (session is None):
+            raise ValueError("Predictor needs exactly one of model, session")
+        self.meta = meta
+        self.classes: list[str] = list(meta["classes"])
+        self.model = model
+        self.session = session
+        self.backend = "torch" if model is not None else "onnx"
+        self.device = torch.device(device if model is not None else "cpu")
+        self.source = source
+        self.bundle_dir = bundle_dir
+        self._mean = tuple(meta["mean"])
+        self._std = tuple(meta["std"])
+
+    def __repr__(self) -> str:
+        return f"Predictor({self.source!r}, backend={self.backend}, classes={len(self.classes)})"
+
+    def predict_proba(self, x_uint8: torch.Tensor, tta: str = "none") -> np.ndarray:
+        """N×C×H×W uint8, already fitted to the model's size → N×K float32 probabilities."""
+        from ..evaluate import tta as tta_mod
+
+        x = normalize(x_uint8.to(self.device), self._mean, self._std)
+        if self.model is not None:
+            return tta_mod.predict_proba(self.model, x, tta).cpu().numpy()
+        views = tta_mod.views(x, tta)
+        probs = sum(self._run_session(v) for v in views)
+        return (probs / len(views)).astype(np.float32)
+
+    def _run_session(self, x: torch.Tensor) -> np.ndarray:
+        from .export import run_onnx
+
+        fixed = not self.meta.get("exports", {}).get("onnx", {}).get("dynamic_batch", True)
+        if fixed and x.shape[0] != 1:
+            return np.concatenate([run_onnx(self.session, x[i:i + 1]) for i in range(x.shape[0])])
+        return run_onnx(self.session, x)
+
+    def predict(self, inputs: Sequence[Any], top_k: int = 5, tta: str = "none",
+                batch_size: int = 64) -> list[dict]:
+        """One result per input, in order: ``{"input", "predictions": [{"label", "probability"}], "error"}``."""
+        if isinstance(inputs, (str, Path, bytes, Image.Image, np.ndarray)):
+            inputs = [inputs]
+        k = max(1, min(int(top_k), len(self.classes)))
+        results: list[dict] = []
+        for start in range(0, len(inputs), max(1, batch_size)):
+            chunk = inputs[start:start + batch_size]
+            results.extend(self._predict_chunk(chunk, start, k, tta))
+        return results
+
+    def _predict_chunk(self, chunk: Sequence[Any], offset: int, k: int, tta: str) -> list[dict]:
+        out, tensors, slots = [], [], []
+        for i, src in enumerate(chunk):
+            entry = {"input": _input_name(src, offset + i), "predictions": [], "error": None}
+            try:
+                tensors.append(preprocess(src, self.meta))
+                slots.append(entry)
+            except DecodeError as e:
+                entry["error"] = getattr(e, "reason", None) or str(e)
+            except OSError as e:  # unreadable path: a permission or I/O problem is that input's error too
+                entry["error"] = e.strerror or str(e)
+            out.append(entry)
+        if tensors:
+            probs = self.predict_proba(torch.stack(tensors), tta=tta)
+            top = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+            for entry, p, idx in zip(slots, probs, top):
+                entry["predictions"] = [{"label": self.classes[j], "probability": float(p[j])} for j in idx]
+        return out
+
+
+def load(target: str | Path, device: str = "cpu", backend: str = "torch") -> Predictor:
+    """A Predictor for a run directory, a bundle directory or a model name with offline pretrained weights.
+
+    ``backend="onnx"`` runs ``model.onnx`` from the bundle with ONNX Runtime on the CPU, exporting it first
+    (with the parity check) when the bundle has none.
+    """
+    if backend not in ("torch", "onnx"):
+        raise UserError(f"backend {backend!r}: choose torch or onnx")
+    device = _resolve_device(device)
+    path = Path(target).expanduser()
+    if path.exists():
+        bundle = find_bundle(path)
+    else:
+        bundle = None
+        name = str(target)
+        if not _is_pretrained_name(name):
+            raise UserError(f"{target}: not a run directory, a model bundle, or a model name with offline "
+                            "pretrained weights (see `picstory models`)")
+        if backend == "torch":
+            model, meta = pretrained_model(name, device)
+            return Predictor(meta, model=model, device=device, source=name)
+        bundle = _pretrained_bundle(name)
+    if backend == "onnx":
+        from .export import onnx_session
+
+        session, meta = onnx_session(bundle)
+        return Predictor(meta, session=session, source=str(target), bundle_dir=bundle)
+    model, meta = load_bundle(bundle, device)
+    return Predictor(meta, model=model, device=device, source=str(target), bundle_dir=bundle)
+
+
+def _resolve_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"device {device!r}: no CUDA device is available; use --device cpu")
+    return device
+
+
+def _is_pretrained_name(name: str) -> bool:
+    from ..models import has_pretrained
+
+    if os.sep in name or name.startswith("."):
+        return False
+    try:
+        return bool(has_pretrained(name))
+    except UserError:
+        return False
+
+
+def pretrained_model(name: str, device: str = "cpu") -> tuple[torch.nn.Module, dict]:
+    """An ImageNet model with offline weights and the bundle-style meta that describes its input."""
+    from ..models import create_model, imagenet_classes
+
+    model = create_model(name, 1000, 3, pretrained=True)
+    cfg = model.picstory_cfg
+    crop_pct = float(cfg.get("crop_pct") or PRETRAINED_CROP_PCT)
+    meta = {"arch": name, "model_kwargs": {}, "num_classes": 1000, "classes": list(imagenet_classes()),
+            "in_chans": 3, "img_size": int(cfg["input_size"][-1]), "fit": "crop",
+            "crop_pct": crop_pct, "mean": list(cfg["mean"]), "std": list(cfg["std"]),
+            "preprocessing": PREPROCESSING + f"; pretrained framing: fit to img_size/{crop_pct}, centre crop "
+                                             "img_size", "metrics": {}, "pretrained": True}
+    model = model.to(device).to(memory_format=torch.channels_last).eval()
+    return model, meta
+
+
+def _pretrained_bundle(name: str) -> Path:
+    """A bundle of a pretrained model in the picstory cache, so the ONNX backend has a directory to export into."""
+    from .bundle import save_bundle
+
+    root = Path(os.environ.get("PICSTORY_CACHE") or Path.home() / ".cache" / "picstory")
+    directory = root / "pretrained" / name
+    try:
+        return find_bundle(directory)
+    except UserError:
+        model, meta = pretrained_model(name)
+        return save_bundle(directory, model, meta)
+
+
+def expand_inputs(args: Sequence[str]) -> list[Path]:
+    """IMAGE | DIR | GLOB arguments → image paths. A directory gives its image files (not sub-folders; use a glob
+    such as ``'dir/**/*.jpg'`` for those), hidden files skipped, sorted; a file named directly is always kept."""
+    out: list[Path] = []
+    for arg in args:
+        path = Path(arg).expanduser()
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir()
+                           if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTS)
+            if not found:
+                raise UserError(f"{arg}: no image files in this folder (looked for "
+                                f"{', '.join(sorted(IMAGE_EXTS))})")
+        elif path.is_file():
+            found = [path]
+        elif glob.has_magic(arg):
+            found = sorted(Path(p) for p in glob.glob(os.path.expanduser(arg), recursive=True)
+                           if os.path.isfile(p) and not Path(p).name.startswith(".")
+                           and Path(p).suffix.lower() in IMAGE_EXTS)
+            if not found:
+                raise UserError(f"{arg}: the pattern matches no image files")
+        else:
+            raise UserError(f"{arg}: no such file or folder")
+        out.extend(found)
+    return out
+
+
+def format_predictions(results: Sequence[dict], fmt: str = "table", top_k: int = 5,
+                       color: bool | None = None) -> str:
+    """Results as ``table`` (rich on a terminal, aligned plain text otherwise), ``json`` or ``csv``.
+
+    json: a list of result dicts (top_k predictions each). csv: ``input,rank,label,probability,error`` with one
+    row per prediction and one row (rank empty) for an input that failed.
+    """
+    trimmed = [{**r, "predictions": list(r.get("predictions") or [])[:top_k]} for r in results]
+    if fmt == "json":
+        return json.dumps(trimmed, indent=2, ensure_ascii=False)
+    if fmt == "csv":
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        writer.writerow(["input", "rank", "label", "probability", "error"])
+        for r in trimmed:
+            if r.get("error"):
+                writer.writerow([r["input"], "", "", "", r["error"]])
+            for rank, p in enumerate(r["predictions"], 1):
+                writer.writerow([r["input"], rank, p["label"], f"{p['probability']:.6f}", ""])
+        return buf.getvalue()
+    if fmt != "table":
+        raise UserError(f"format {fmt!r}: choose table, json or csv")
+    rows = _table_rows(trimmed)
+    if color if color is not None else sys.stdout.isatty():
+        return _rich_table(rows)
+    header = ("input", "rank", "label", "probability")
+    widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(4)]
+    lines = ["  ".join(str(v).ljust(w) for v, w in zip(row, widths)).rstrip() for row in [header, *rows]]
+    return "\n".join(lines) + "\n"
+
+
+def _table_rows(results: Sequence[dict]) -> list[tuple[str, str, str, str]]:
+    rows = []
+    for r in results:
+        if r.get("error"):
+            rows.append((r["input"], "-", f"error: {r['error']}", "-"))
+        for rank, p in enumerate(r["predictions"], 1):
+            rows.append((r["input"], str(rank), p["label"], f"{p['probability']:.4f}"))
+    return rows
+
+
+def _rich_table(rows: list[tuple[str, str, str, str]]) -> str:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(show_header=True, header_style="bold")
+    for col, justify in (("input", "left"), ("rank", "right"), ("label", "left"), ("probability", "right")):
+        table.add_column(col, justify=justify)
+    previous = None
+    for inp, rank, label, prob in rows:
+        style = "red" if label.startswith("error: ") else ("bold" if rank == "1" else "")
+        table.add_row(inp if inp != previous else "", rank, label, prob, style=style)
+        previous = inp
+    console = Console(file=io.StringIO(), force_terminal=True, width=shutil.get_terminal_size((120, 24)).columns)
+    console.print(table)
+    return console.file.getvalue()

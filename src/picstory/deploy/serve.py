@@ -1,0 +1,424 @@
+"""`picstory serve RUN`: an HTTP API and an upload page for the one model bundle the server was started with.
+
+Endpoints (no endpoint takes a model path or URL)::
+
+    POST /predict?top_k=5   the image as multipart field ``file``; several as repeated ``files`` (or ``file``)
+                            fields; or the raw bytes with ``Content-Type: image/*`` (or application/octet-stream)
+        one image  → {"input": name, "predictions": [{"label", "probability"}, ...],
+                      "model": {"name", "sha256"}, "latency_ms"}
+        several, or any use of the ``files`` field
+                   → {"results": [{"input": name, "predictions": [...]}, ...], "model": {...}, "latency_ms"}
+    GET  /              the upload page (no external URLs)
+    GET  /model         classes, input size, metrics, bundle sha256, picstory version
+    GET  /health/live   200 while the process runs
+    GET  /health/ready  200 once the model is loaded and warmed, else 503
+    GET  /docs          OpenAPI docs (FastAPI's page; it loads swagger assets from a CDN)
+
+Every error is ``{"error": {"code", "message"}}`` with a 4xx status for the client's mistakes: 400 empty body,
+413 body over ``max_body_bytes`` (counted while reading) or image over ``max_pixels`` (from the header),
+415 not an image, 422 corrupt image / missing field / bad parameter, 503 + Retry-After when ``max_queue`` requests
+are already in flight or the model is not ready. A request that is all good is decoded in a thread pool, then
+waits on an asyncio queue; one inference thread takes up to ``max_batch`` images (waiting at most ``max_wait_ms``
+for company), runs them as one batch and resolves each request's future. Every prediction is logged to SQLite by
+a background thread (see picstory.monitor.log).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import os
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import anyio
+import numpy as np
+import torch
+from fastapi import FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from .. import __version__
+from ..data.decode import DecodeError, probe
+from ..monitor.log import Entry, PredictionLog, default_log_path
+
+DEFAULT_MAX_PIXELS = 40_000_000  # a 40 MP photo; decoding one takes ~120 MB, so the limit bounds memory per request
+EXT = {"JPEG": "jpg", "PNG": "png", "GIF": "gif", "WEBP": "webp", "BMP": "bmp", "TIFF": "tif", "MPO": "jpg"}
+RAW_TYPES = ("image/", "application/octet-stream")
+CONFIG_ENV = "PICSTORY_SERVE_CONFIG"  # how serve() hands its options to worker processes
+PAGE_CSP = ("default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src 'self' blob: data:; "
+            "connect-src 'self'; base-uri 'none'; form-action 'none'")
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, message: str, headers: dict | None = None):
+        super().__init__(message)
+        self.status, self.code, self.message, self.headers = status, code, message, headers
+
+
+def _error(status: int, code: str, message: str, headers: dict | None = None) -> JSONResponse:
+    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
+
+
+@dataclass
+class _Image:
+    name: str
+    data: bytes
+    width: int = 0
+    height: int = 0
+    ext: str = "bin"
+    tensor: torch.Tensor | None = None
+
+
+class MicroBatcher:
+    """asyncio queue → one inference thread: batches of up to ``max_batch``, waiting ≤ ``max_wait_ms`` to fill."""
+
+    def __init__(self, infer, max_batch: int = 32, max_wait_ms: float = 5.0):
+        self.infer, self.max_batch, self.max_wait = infer, max_batch, max_wait_ms / 1000
+        self.queue: asyncio.Queue = asyncio.Queue()
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="picstory-infer")
+        self._task: asyncio.Task | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def submit(self, x: torch.Tensor) -> np.ndarray:
+        future = asyncio.get_running_loop().create_future()
+        self.queue.put_nowait((x, future))
+        return await future
+
+    async def run_now(self, batch: torch.Tensor) -> np.ndarray:
+        """Run one batch on the inference thread directly (warm-up)."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, self.infer, batch)
+
+    async def _collect(self) -> list:
+        items = [await self.queue.get()]
+        deadline = time.monotonic() + self.max_wait
+        while len(items) < self.max_batch:
+            if not self.queue.empty():
+                items.append(self.queue.get_nowait())
+                continue
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            try:
+                items.append(await asyncio.wait_for(self.queue.get(), remaining))
+            except TimeoutError:
+                break
+        return [(x, f) for x, f in items if not f.done()]  # a client that went away is not computed
+
+    async def _run(self) -> None:
+        while True:
+            items = await self._collect()
+            if not items:
+                continue
+            try:
+                probs = await self.run_now(torch.stack([x for x, _ in items]))
+            except Exception as e:  # a failed batch fails its requests, never the worker
+                for _, f in items:
+                    if not f.done():
+                        f.set_exception(e)
+                continue
+            for (_, f), p in zip(items, probs):
+                if not f.done():
+                    f.set_result(p)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        while not self.queue.empty():
+            _, f = self.queue.get_nowait()
+            if not f.done():
+                f.set_exception(ApiError(503, "shutting_down", "the server is shutting down; retry"))
+        self._executor.shutdown(wait=True)
+
+
+class _Service:
+    """Everything one app instance owns: the predictor, the batcher, the log and the limits."""
+
+    def __init__(self, target: Any, backend: str, device: str, log_path, store_inputs, store_cap_mb,
+                 max_body_bytes: int, max_pixels: int, max_queue: int, max_batch: int, max_wait_ms: float):
+        self.target, self.backend, self.device = target, backend, device
+        self.predictor = None if isinstance(target, (str, Path)) else target
+        if self.predictor is None and Path(target).expanduser().exists():
+            from .bundle import find_bundle
+
+            find_bundle(target)  # a wrong path fails now, with a one-line error, not inside the event loop
+        self.log_args = (log_path, store_inputs, store_cap_mb)
+        self.max_body_bytes, self.max_pixels, self.max_queue = max_body_bytes, max_pixels, max_queue
+        self.batcher = MicroBatcher(self._infer, max_batch, max_wait_ms)
+        self.decode_slots = anyio.CapacityLimiter(max(2, os.cpu_count() or 2))
+        self.log: PredictionLog | None = None
+        self.ready = False
+        self.in_flight = 0
+
+    @property
+    def meta(self) -> dict:
+        return self.predictor.meta
+
+    def model_ref(self) -> dict:
+        return {"name": self.meta["arch"], "sha256": self.meta.get("sha256")}
+
+    def _infer(self, batch: torch.Tensor) -> np.ndarray:
+        return self.predictor.predict_proba(batch)
+
+    async def start(self) -> None:
+        if self.predictor is None:
+            from .predict import load
+
+            self.predictor = await asyncio.to_thread(load, self.target, self.device, self.backend)
+        self.batcher.start()
+        c, s = int(self.meta["in_chans"]), int(self.meta["img_size"])
+        for n in (1, 2):  # first calls allocate and pick kernels; keep that off the first client's clock
+            await self.batcher.run_now(torch.zeros(n, c, s, s, dtype=torch.uint8))
+        log_path, store, cap = self.log_args
+        bundle = getattr(self.predictor, "bundle_dir", None)
+        if log_path is None and bundle is not None:
+            log_path = default_log_path(bundle)
+        if log_path is not None:
+            self.log = PredictionLog(log_path, store, cap)
+        elif store is not None:
+            print("picstory serve: --store-inputs needs --log for a model without a bundle directory",
+                  file=sys.stderr)
+        self.ready = True
+
+    async def stop(self) -> None:
+        self.ready = False
+        await self.batcher.stop()
+        if self.log is not None:
+            self.log.close()
+
+    @contextlib.contextmanager
+    def admit(self):
+        if not self.ready:
+            raise ApiError(503, "not_ready", "the model is not loaded yet; retry shortly", {"Retry-After": "1"})
+        if self.in_flight >= self.max_queue:
+            raise ApiError(503, "queue_full", f"{self.max_queue} requests are already waiting; retry shortly",
+                           {"Retry-After": "1"})
+        self.in_flight += 1
+        try:
+            yield
+        finally:
+            self.in_flight -= 1
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The body, refused with 413 as soon as it passes ``limit`` bytes (Content-Length is only a first check)."""
+    too_big = ApiError(413, "body_too_large", f"the request body is over the limit of {limit / 2**20:g} MB")
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise too_big
+    chunks, total = [], 0
+    async for chunk in request.stream():
+        total += len(chunk)
+        if total > limit:
+            raise too_big
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def _uploads(request: Request, body: bytes, max_files: int) -> tuple[list[_Image], bool]:
+    """(images, several): multipart ``file``/``files`` fields or a raw image body."""
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if not body:
+        raise ApiError(400, "empty_body", "the request has no body; send an image as multipart field 'file'")
+    if ctype.startswith(RAW_TYPES):
+        return [_Image("body", body)], False
+    if ctype != "multipart/form-data":
+        raise ApiError(415, "unsupported_media_type", f"content type {ctype or 'none'!r}: send multipart/form-data "
+                       "with field 'file' (or 'files'), or a raw body with an image/* content type")
+
+    async def replay() -> dict:
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    form = await Request(request.scope, replay).form(max_files=max_files, max_fields=max_files + 16)
+    try:
+        parts = [(k, v) for k, v in form.multi_items() if k in ("file", "files") and hasattr(v, "read")]
+        images = [_Image(v.filename or f"{k}[{i}]", await v.read()) for i, (k, v) in enumerate(parts)]
+    finally:
+        await form.close()
+    if not images:
+        fields = ", ".join(sorted(set(form.keys()))) or "none"
+        raise ApiError(422, "missing_file", f"no file in field 'file' or 'files' (fields sent: {fields})")
+    return images, len(images) > 1 or any(k == "files" for k, _ in parts)
+
+
+def _check_header(img: _Image, max_pixels: int) -> None:
+    """Format and size from the header only, so a decompression bomb is refused before any pixel is decoded."""
+    try:
+        info = probe(img.data, max_pixels=max_pixels)
+    except DecodeError as e:
+        if e.reason.startswith("too large"):
+            raise ApiError(413, "too_many_pixels", f"{img.name}: {e.reason} is over the limit of "
+                           f"{max_pixels:,} pixels") from None
+        if e.reason == "not an image":
+            raise ApiError(415, "not_an_image", f"{img.name}: not an image; send a JPEG, PNG, WebP, GIF, BMP "
+                           "or TIFF file") from None
+        raise ApiError(422, "corrupt_image", f"{img.name}: {e.reason}") from None
+    img.width, img.height = info.width, info.height
+    img.ext = EXT.get(info.format or "", (info.format or "bin").lower())
+
+
+async def _prepare(service: _Service, img: _Image) -> None:
+    from .predict import preprocess
+
+    _check_header(img, service.max_pixels)
+    try:
+        img.tensor = await anyio.to_thread.run_sync(preprocess, img.data, service.meta,
+                                                    limiter=service.decode_slots)
+    except DecodeError as e:
+        raise ApiError(422, "corrupt_image", f"{img.name}: {e.reason}") from None
+
+
+def _top(probs: np.ndarray, classes: list[str], k: int) -> list[dict]:
+    idx = np.argsort(-probs, kind="stable")[:k]
+    return [{"label": classes[i], "probability": round(float(probs[i]), 6)} for i in idx]
+
+
+def _log(service: _Service, images: list[_Image], preds: list[list[dict]], latency_ms: float) -> None:
+    if service.log is None:
+        return
+    keep = service.log.store is not None
+    for img, p in zip(images, preds):
+        service.log.record(Entry(service.meta.get("sha256") or "", hashlib.sha256(img.data).hexdigest(),
+                                 img.width, img.height, p, latency_ms, img.data if keep else None, img.ext))
+
+
+PREDICT_DOC = {
+    "requestBody": {"required": True, "content": {
+        "multipart/form-data": {"schema": {"type": "object", "properties": {
+            "file": {"type": "string", "format": "binary", "description": "one image"},
+            "files": {"type": "array", "items": {"type": "string", "format": "binary"},
+                      "description": "several images (answer has 'results')"}}}},
+        "image/*": {"schema": {"type": "string", "format": "binary"}}}},
+    "responses": {str(s): {"description": d, "content": {"application/json": {"example": {
+        "error": {"code": c, "message": "…"}}}}} for s, d, c in (
+        (400, "empty body", "empty_body"), (413, "body or image too large", "too_many_pixels"),
+        (415, "not an image", "not_an_image"), (422, "corrupt image, missing field, bad parameter", "corrupt_image"),
+        (503, "queue full or not ready (Retry-After)", "queue_full"))},
+}
+
+
+def _routes(app: FastAPI, service: _Service, page: str) -> None:
+    @app.post("/predict", openapi_extra=PREDICT_DOC, summary="Classify one or several images")
+    async def predict(request: Request, top_k: int = Query(5, ge=1, description="labels per image")) -> Any:
+        start = time.perf_counter()
+        with service.admit():
+            body = await _read_body(request, service.max_body_bytes)
+            images, several = await _uploads(request, body, service.batcher.max_batch)
+            await asyncio.gather(*(_prepare(service, img) for img in images))
+            probs = await asyncio.gather(*(service.batcher.submit(img.tensor) for img in images))
+        latency_ms = round((time.perf_counter() - start) * 1000, 2)
+        k = min(top_k, len(service.predictor.classes))
+        preds = [_top(p, service.predictor.classes, k) for p in probs]
+        _log(service, images, preds, latency_ms)
+        results = [{"input": img.name, "predictions": p} for img, p in zip(images, preds)]
+        body_out = {"results": results} if several else results[0]
+        return {**body_out, "model": service.model_ref(), "latency_ms": latency_ms}
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def index() -> HTMLResponse:
+        return HTMLResponse(page, headers={"Content-Security-Policy": PAGE_CSP})
+
+    @app.get("/health/live", summary="The process is up")
+    async def live() -> dict:
+        return {"status": "live"}
+
+    @app.get("/health/ready", summary="The model is loaded and warmed (503 before)")
+    async def ready() -> Any:
+        if not service.ready:
+            return _error(503, "not_ready", "the model is not loaded yet", {"Retry-After": "1"})
+        return {"status": "ready"}
+
+    @app.get("/model", summary="The served model: classes, input size, metrics, hash, versions")
+    async def model() -> Any:
+        if not service.ready:
+            return _error(503, "not_ready", "the model is not loaded yet", {"Retry-After": "1"})
+        m = service.meta
+        return {**service.model_ref(), "classes": service.predictor.classes, "num_classes": len(m["classes"]),
+                "in_chans": m["in_chans"], "img_size": m["img_size"], "fit": m.get("fit"),
+                "metrics": m.get("metrics", {}), "picstory_version": m.get("picstory_version"),
+                "server_version": __version__, "backend": getattr(service.predictor, "backend", service.backend),
+                "limits": {"max_body_bytes": service.max_body_bytes, "max_pixels": service.max_pixels,
+                           "max_files": service.batcher.max_batch}}
+
+
+def _handlers(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def api_error(_: Request, e: ApiError) -> JSONResponse:
+        return _error(e.status, e.code, e.message, e.headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, e: StarletteHTTPException) -> JSONResponse:
+        codes = {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}
+        return _error(e.status_code, codes.get(e.status_code, f"http_{e.status_code}"), str(e.detail),
+                      getattr(e, "headers", None))
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_: Request, e: RequestValidationError) -> JSONResponse:
+        parts = ["/".join(str(x) for x in err.get("loc", ())[1:]) + f": {err.get('msg')}" for err in e.errors()]
+        return _error(422, "invalid_parameter", "; ".join(parts) or "invalid request")
+
+    @app.exception_handler(Exception)
+    async def internal(_: Request, e: Exception) -> JSONResponse:
+        return _error(500, "internal_error", f"{type(e).__name__}: the server failed on this request")
+
+
+def create_app(target: str | Path | Any, backend: str = "torch", log_path: str | Path | None = None,
+               store_inputs: str | Path | None = None, max_body_bytes: int = 10 * 2**20,
+               max_pixels: int = DEFAULT_MAX_PIXELS, max_queue: int = 64, max_batch: int = 32,
+               max_wait_ms: float = 5.0, device: str = "cpu", store_cap_mb: float | None = None) -> FastAPI:
+    """The FastAPI app for ``target``: a run or bundle directory (or an already loaded Predictor).
+
+    The model is loaded and warmed in the lifespan start-up; /health/ready answers 503 until then.
+    ``log_path`` defaults to RUN/predictions.sqlite; ``store_inputs`` keeps each input as DIR/<sha256>.<ext>.
+    """
+    service = _Service(target, backend, device, log_path, store_inputs, store_cap_mb, max_body_bytes, max_pixels,
+                       max_queue, max_batch, max_wait_ms)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI):
+        await service.start()
+        try:
+            yield
+        finally:
+            await service.stop()
+
+    app = FastAPI(title="picstory", version=__version__, lifespan=lifespan,
+                  description=(__doc__ or "").split("\n\n", 1)[1])
+    app.state.service = service
+    _handlers(app)
+    _routes(app, service, resources.files(__package__).joinpath("page.html").read_text(encoding="utf-8"))
+    return app
+
+
+def app_from_env() -> FastAPI:
+    """uvicorn factory for ``workers > 1``: each worker process builds its own app from serve()'s options."""
+    return create_app(**json.loads(os.environ[CONFIG_ENV]))
+
+
+def serve(target: str | Path, host: str = "127.0.0.1", port: int = 8000, workers: int = 1, **kw: Any) -> None:
+    """Run the server until Ctrl-C / SIGTERM; in-flight requests finish and the log is flushed on the way out."""
+    import uvicorn
+
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"picstory serve: listening on {host}: reachable from other machines, with no authentication",
+              file=sys.stderr)
+    opts = {"host": host, "port": port, "timeout_graceful_shutdown": 30, "log_level": "info"}
+    if workers <= 1:
+        uvicorn.run(create_app(target, **kw), **opts)
+        return
+    create_app(target, **kw)  # check the arguments once, in this process, before forking workers
+    os.environ[CONFIG_ENV] = json.dumps({"target": str(target), **{k: str(v) if isinstance(v, Path) else v
+                                                                   for k, v in kw.items()}})
+    uvicorn.run(f"{__name__}:app_from_env", factory=True, workers=workers, **opts)

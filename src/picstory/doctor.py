@@ -1,0 +1,601 @@
+"""`picstory doctor`: is the model good enough — and if not, what to try next.
+
+Each ``check_*`` rule is a pure function of the loaded run (the dict :func:`load_run` returns; tests pass hand-made
+dicts) that returns one :class:`Finding` or ``None``.
+
+Ordering rule — the first finding's first command is "the next step":
+1. severity: problem > warning > info;
+2. then the order of :data:`RULES`, which encodes the expected gain: a run that diverged or spikes must be fixed
+   before anything else is measurable; a leak makes the test figure itself untrustworthy; then recipe fixes that
+   are one flag away and usually move accuracy most (under-/overfitting); then fixes aimed at specific classes
+   (imbalance, weak classes, confused pairs); then data clean-ups;
+3. then the finding's own estimated gain (``facts["gain"]``, a fraction of accuracy where it can be estimated).
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import json
+import math
+import re
+import shlex
+import shutil
+import textwrap
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import yaml
+
+from .errors import UserError
+from .runs import find_run
+
+SEVERITIES = ("problem", "warning", "info")
+OPTIONAL_FILES = ("history.json", "eval.json", "data.json", "lr_find.json", "env.json")
+BIGGER_MODEL = {"picnet-s": "picnet-m", "picnet-m": "picnet-l"}
+PRETRAINED = "efficientnet_lite0"
+
+
+@dataclass
+class Finding:
+    kind: str
+    severity: str  # "info" | "warning" | "problem"
+    title: str
+    evidence: str  # plain sentences with the numbers behind the finding
+    next_steps: list[str]  # picstory commands first; a plain sentence where no command fits
+    facts: dict = field(default_factory=dict)  # machine-readable numbers (since_epoch, share, gain, …)
+
+
+# ---------------------------------------------------------------- loading
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise UserError(f"{path}: cannot read ({e}); re-run `picstory eval` or train again") from None
+
+
+def _read_metrics(path: Path) -> list[dict]:
+    rows = []
+    with path.open(newline="") as f:
+        for row in csv.DictReader(f):
+            rows.append({k: _num(v) for k, v in row.items() if k})
+    return rows
+
+
+def _num(v: str | None) -> float | None:
+    try:
+        return float(v)  # "nan" stays nan: the diverged rule needs to see it
+    except (TypeError, ValueError):
+        return None
+
+
+def load_run(run_dir: str | Path) -> dict:
+    """The run directory's files as dicts; optional files missing → None, missing metrics → []."""
+    run = find_run(run_dir)
+    if not (run / "metrics.csv").is_file() and not (run / "summary.json").is_file():
+        raise UserError(f"{run}: not a run directory (no metrics.csv or summary.json); give runs/NAME")
+    out: dict[str, Any] = {"dir": run}
+    out["metrics"] = _read_metrics(run / "metrics.csv") if (run / "metrics.csv").is_file() else []
+    out["summary"] = _read_json(run / "summary.json") if (run / "summary.json").is_file() else {}
+    cfg = run / "config.yaml"
+    out["config"] = (yaml.safe_load(cfg.read_text()) or {}) if cfg.is_file() else {}
+    for name in OPTIONAL_FILES:
+        p = run / name
+        out[name.split(".")[0]] = _read_json(p) if p.is_file() else None
+    return out
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def cfg_value(run: Mapping, section: str, key: str, default: Any = None) -> Any:
+    return ((run.get("config") or {}).get(section) or {}).get(key, default)
+
+
+def data_spec(run: Mapping) -> str:
+    return str((run.get("summary") or {}).get("data") or cfg_value(run, "data", "data") or "DATA")
+
+
+def train_cmd(run: Mapping, *flags: str) -> str:
+    """``picstory train DATA --config RUN/config.yaml FLAGS``: the same recipe with only the named changes."""
+    parts = ["picstory", "train", shlex.quote(data_spec(run))]
+    if run.get("dir"):
+        parts += ["--config", shlex.quote(str(Path(run["dir"]) / "config.yaml"))]
+    return " ".join(parts + list(flags))
+
+
+def _run_path(run: Mapping) -> str:
+    return shlex.quote(str(run.get("dir") or "RUN"))
+
+
+def _col(rows: list[dict], key: str) -> list[float]:
+    return [r.get(key) if r.get(key) is not None else math.nan for r in rows]
+
+
+def _finite(xs: list[float]) -> bool:
+    return all(math.isfinite(x) for x in xs)
+
+
+def plural(n: float, word: str) -> str:
+    """``plural(1, "class")`` → "1 class", ``plural(3, "class")`` → "3 classes"."""
+    if n == 1:
+        return f"{n:g} {word}"
+    return f"{n:g} {word}es" if word.endswith(("s", "x", "ch", "sh")) else f"{n:g} {word}s"
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.1f}%"
+
+
+def _peak_lr(run: Mapping) -> float | None:
+    lrs = [x for x in _col(run.get("metrics") or [], "lr") if math.isfinite(x)]
+    if lrs:
+        return max(lrs)
+    return _num(cfg_value(run, "train", "lr"))
+
+
+def _lower_lr_steps(run: Mapping, factor: float) -> list[str]:
+    lr = _peak_lr(run)
+    steps = [train_cmd(run, f"--lr {lr / factor:.2g}")] if lr else []
+    warm = float(cfg_value(run, "train", "warmup_epochs", 1.0) or 0)
+    steps += [train_cmd(run, f"--warmup-epochs {max(2.0, 2 * warm):g}", "--grad-clip 1.0"),
+              f"picstory lr-find {shlex.quote(data_spec(run))}"]
+    return steps
+
+
+def run_classes(run: Mapping) -> list[str]:
+    return list((run.get("eval") or {}).get("classes") or (run.get("summary") or {}).get("classes") or [])
+
+
+def run_confusion(run: Mapping) -> tuple[list[list[float]], str]:
+    """The test confusion matrix, else the validation one of the best (or last) epoch."""
+    ev = run.get("eval") or {}
+    if ev.get("confusion"):
+        return ev["confusion"], f"{ev.get('split', 'test')} split"
+    per_epoch = (run.get("history") or {}).get("confusion") or []
+    if not per_epoch:
+        return [], ""
+    best = int((run.get("summary") or {}).get("best_epoch") or len(per_epoch))
+    return per_epoch[min(max(best, 1), len(per_epoch)) - 1], "validation split"
+
+
+def _recalls(run: Mapping) -> dict[str, float]:
+    per_class = (run.get("eval") or {}).get("per_class") or []
+    if per_class:
+        return {str(p["class"]): float(p["recall"]) for p in per_class if p.get("support")}
+    cm, classes = run_confusion(run)[0], run_classes(run)
+    return {c: row[i] / sum(row) for i, (c, row) in enumerate(zip(classes, cm)) if sum(row)}
+
+
+def _train_counts(run: Mapping) -> dict[str, int]:
+    counts = (run.get("data") or {}).get("class_counts") or (run.get("summary") or {}).get("class_counts") or {}
+    return {str(k): int(v) for k, v in (counts.get("train") or {}).items()}
+
+
+def _accuracy(run: Mapping) -> tuple[float | None, str]:
+    s, ev = run.get("summary") or {}, run.get("eval") or {}
+    if s.get("test_accuracy") is not None:
+        return float(s["test_accuracy"]), "test"
+    if ev.get("accuracy") is not None:
+        return float(ev["accuracy"]), str(ev.get("split", "test"))
+    if s.get("val_accuracy") is not None:
+        return float(s["val_accuracy"]), "validation"
+    va = [x for x in _col(run.get("metrics") or [], "val_acc") if math.isfinite(x)]
+    return (max(va), "validation") if va else (None, "")
+
+
+# ---------------------------------------------------------------- rules: training dynamics
+
+
+def check_diverged(run: Mapping) -> Finding | None:
+    rows, reason = run.get("metrics") or [], str((run.get("summary") or {}).get("stop_reason") or "")
+    bad = [r for r in rows if not _finite([r.get("train_loss") or 0.0, r.get("val_loss") or 0.0])]
+    if not reason.lower().startswith("nan") and not bad:
+        return None
+    m = re.search(r"epoch (\d+)", reason)
+    epoch = int(m.group(1)) if m else int(bad[0].get("epoch") or 0)
+    return Finding(
+        "diverged", "problem", f"Training diverged: the loss became NaN at epoch {epoch}",
+        f"The loss became NaN (not a number) at epoch {epoch}, so the weights are garbage from there on. This "
+        "almost always means the learning rate is too high for this model and batch size.",
+        _lower_lr_steps(run, 10), {"epoch": epoch, "gain": 1.0})
+
+
+def check_spikes(run: Mapping, jump: float = 0.5) -> Finding | None:
+    """Val loss jumping by more than ``jump`` (a fraction) from one epoch to the next, or train loss by half that."""
+    rows = run.get("metrics") or []
+    spikes = []
+    for prev, cur in zip(rows, rows[1:]):
+        for key, limit in (("val_loss", jump), ("train_loss", jump / 2)):
+            a, b = prev.get(key), cur.get(key)
+            if a and b and _finite([a, b]) and b > a * (1 + limit) and b - a > 0.1:
+                spikes.append((b / a - 1, key, a, b, int(prev["epoch"]), int(cur["epoch"])))
+    if not spikes or check_diverged(run):
+        return None
+    rise, key, a, b, e0, e1 = max(spikes)
+    what = "Validation" if key == "val_loss" else "Training"
+    more = f" It happened {len(spikes)} times in this run." if len(spikes) > 1 else ""
+    return Finding(
+        "unstable", "problem" if len(spikes) > 1 else "warning", f"Unstable training: loss spikes (epoch {e1})",
+        f"{what} loss jumped from {a:.2f} at epoch {e0} to {b:.2f} at epoch {e1} (+{100 * rise:.0f}%).{more} "
+        "Steps that are too large knock the model out of a good region; a lower learning rate or a warmup "
+        "makes training steadier.", _lower_lr_steps(run, 3), {"epoch": e1, "rise": rise, "count": len(spikes)})
+
+
+def check_lr_too_high(run: Mapping, factor: float = 3.0) -> Finding | None:
+    suggested, used = (run.get("lr_find") or {}).get("suggested_lr"), _peak_lr(run)
+    if not suggested or not used or used <= factor * suggested:
+        return None
+    return Finding(
+        "lr_too_high", "warning", "The learning rate is higher than the LR finder suggests",
+        f"The peak learning rate {used:.2g} is {used / suggested:.0f}× the LR finder's suggestion "
+        f"({suggested:.2g}); the loss is likely to be noisy or stuck.",
+        [train_cmd(run, f"--lr {suggested:.2g}")], {"used": used, "suggested": suggested})
+
+
+def check_underfitting(run: Mapping) -> Finding | None:
+    rows, s = run.get("metrics") or [], run.get("summary") or {}
+    vl, ta, va = _col(rows, "val_loss"), _col(rows, "train_acc"), _col(rows, "val_acc")
+    if len(rows) < 2 or not _finite(vl + ta + va):
+        return None
+    best = vl.index(min(vl))
+    stopped_by_limit = str(s.get("stop_reason") or "max epochs").startswith("max epochs")
+    improving = (len(rows) >= 3 and best >= len(rows) - 2 and stopped_by_limit
+                 and (vl[-3] - vl[-1]) / vl[-3] >= 0.02)
+    low_fit = ta[-1] < 0.9 and ta[-1] - va[-1] < 0.05
+    if not (improving or low_fit):
+        return None
+    text, e = [], [int(r["epoch"]) for r in rows]
+    if low_fit:
+        text.append(f"Even on its training images the model reaches only {_pct(ta[-1])} accuracy (validation "
+                    f"{_pct(va[-1])}): it is too small or trained too briefly to fit the data.")
+    if improving:
+        text.append(f"Validation loss was still falling when training hit the epoch limit ({vl[-3]:.2f} at "
+                    f"epoch {e[-3]} → {vl[-1]:.2f} at epoch {e[-1]}): more epochs will likely help.")
+    epochs = int(s.get("epochs_run") or len(rows))
+    steps = [train_cmd(run, f"--epochs {2 * epochs}")]
+    lr = _peak_lr(run)
+    if low_fit and lr:
+        steps.append(train_cmd(run, f"--lr {3 * lr:.2g}"))
+    model = str(s.get("model") or cfg_value(run, "model", "model") or "")
+    if low_fit:
+        steps.append(train_cmd(run, f"--model {BIGGER_MODEL.get(model, PRETRAINED)}"))
+    return Finding("underfitting", "problem" if low_fit else "warning",
+                   "Underfitting: the model has not learned all it can" if low_fit else "Still learning when stopped",
+                   " ".join(text), steps, {"gain": 1 - ta[-1] if low_fit else 0.5 * (1 - va[-1])})
+
+
+def check_overfitting(run: Mapping, rise_limit: float = 0.10, gap_limit: float = 0.08) -> Finding | None:
+    rows = run.get("metrics") or []
+    vl, tl = _col(rows, "val_loss"), _col(rows, "train_loss")
+    ta, va = _col(rows, "train_acc"), _col(rows, "val_acc")
+    if len(rows) < 4 or not _finite(vl + tl):
+        return None
+    b = vl.index(min(vl))
+    e = [int(r["epoch"]) for r in rows]
+    rise = (vl[-1] - vl[b]) / vl[b] if vl[b] > 0 else 0.0
+    loss_flag = len(rows) - b >= 3 and rise >= rise_limit and tl[-1] < tl[b]
+    gap_b, gap = ta[b] - va[b], ta[-1] - va[-1]
+    gap_flag = _finite([gap, gap_b]) and gap >= gap_limit and gap - gap_b >= gap_limit / 2
+    if not (loss_flag or gap_flag):
+        return None
+    text = []
+    if loss_flag:
+        text.append(f"Validation loss rose from {vl[b]:.2f} at epoch {e[b]} to {vl[-1]:.2f} at epoch {e[-1]} "
+                    f"(+{100 * rise:.0f}%) while training loss kept falling ({tl[b]:.2f} → {tl[-1]:.2f}): the "
+                    "model memorises the training images instead of learning what generalises.")
+    if _finite([gap, gap_b]) and gap > 0:
+        text.append(f"Training accuracy is {_pct(ta[-1])} against {_pct(va[-1])} on validation, a gap of "
+                    f"{100 * gap:.1f} points ({100 * gap_b:.1f} at epoch {e[b]}).")
+    text.append("More training images help most; otherwise regularise:")
+    severe = rise >= 0.25 or gap >= 0.15
+    return Finding("overfitting", "problem" if severe else "warning", f"Overfitting since epoch {e[b]}",
+                   " ".join(text), _overfit_steps(run, e[b]),
+                   {"since_epoch": e[b], "val_loss_best": vl[b], "val_loss_last": vl[-1], "gap": gap,
+                    "gain": max(gap, 0.0)})
+
+
+def _overfit_steps(run: Mapping, best_epoch: int) -> list[str]:
+    size = int((run.get("summary") or {}).get("img_size") or cfg_value(run, "data", "img_size", 0) or 0)
+    aug = [f"--translate {max(0.15, float(cfg_value(run, 'augment', 'translate', 0) or 0)):g}"]
+    if float(cfg_value(run, "augment", "erase", 0) or 0) < 0.25:
+        aug.append("--erase 0.25")
+    if size >= 96 and not cfg_value(run, "augment", "rrc_scale", 0):
+        aug.append("--rrc-scale 0.35")  # random-resized-crop suits photos, not centred digits or icons
+    reg = [f"--weight-decay {max(0.1, 2 * float(cfg_value(run, 'train', 'weight_decay', 0.05) or 0)):g}"]
+    if float(cfg_value(run, "train", "label_smoothing", 0) or 0) < 0.1:
+        reg.append("--label-smoothing 0.1")
+    if not cfg_value(run, "model", "drop_rate", 0):
+        reg.append("--drop-rate 0.2")
+    steps = [train_cmd(run, *aug), train_cmd(run, *reg)]
+    patience = int(cfg_value(run, "train", "patience", 5) or 0)
+    if patience == 0 or patience > 3:
+        steps.append(train_cmd(run, "--patience 3", f"--epochs {best_epoch + 3}"))
+    model = str((run.get("summary") or {}).get("model") or cfg_value(run, "model", "model") or "")
+    if model != PRETRAINED and size >= 64:
+        steps.append(train_cmd(run, f"--model {PRETRAINED}"))
+    return steps
+
+
+# ---------------------------------------------------------------- rules: classes and data
+
+
+def check_leaks(run: Mapping) -> Finding | None:
+    leaks = (run.get("data") or {}).get("leaks") or []
+    into_test = [lk for lk in leaks if "test" in lk.get("splits", []) and len(set(lk.get("splits", []))) > 1]
+    if not leaks:
+        return None
+    acc, split = _accuracy(run)
+    n = len(into_test) or len(leaks)
+    where = "the test split and another split" if into_test else "more than one split"
+    example = " and ".join(repr(p) for p in (into_test or leaks)[0].get("paths", [])[:2])
+    inflated = f": the {split} accuracy of {_pct(acc)} is inflated" if into_test and acc is not None else ""
+    return Finding(
+        "leak", "problem" if into_test else "warning", f"{plural(n, 'identical image')} shared between splits",
+        f"Identical copies of {plural(n, 'image')} sit in {where} (e.g. {example}){inflated}, because the model "
+        "is scored on images it was trained on. Remove one copy of each and train again.",
+        [f"picstory data check {shlex.quote(data_spec(run))}", train_cmd(run)], {"count": n, "gain": 0.0})
+
+
+def check_imbalance(run: Mapping, ratio_limit: float = 3.0, recall_gap: float = 0.1) -> Finding | None:
+    counts, recalls = _train_counts(run), _recalls(run)
+    if len(counts) < 2 or not recalls or min(counts.values()) <= 0:
+        return None
+    top = max(counts.values())
+    ratio = top / min(counts.values())
+    rare = [c for c in counts if counts[c] * ratio_limit <= top and c in recalls]
+    common = [recalls[c] for c in recalls if c not in rare]
+    if ratio < ratio_limit or not rare or not common:
+        return None
+    avg = sum(common) / len(common)
+    weak = sorted((c for c in rare if recalls[c] < avg - recall_gap), key=lambda c: recalls[c])
+    if not weak:
+        return None
+    c, big = weak[0], max(counts, key=counts.get)
+    others = f" ({plural(len(weak) - 1, 'more rare class')} also weak)" if len(weak) > 1 else ""
+    steps = [] if cfg_value(run, "train", "class_weights") == "auto" else [train_cmd(run, "--class-weights auto")]
+    if not cfg_value(run, "train", "balanced_sampling"):
+        steps.append(train_cmd(run, "--balanced-sampling"))
+    steps.append(f"Collect more images of {', '.join(repr(w) for w in weak[:5])}.")
+    gap = avg - recalls[c]
+    return Finding(
+        "imbalance", "problem" if gap >= 0.2 else "warning", f"Rare class {c!r} is poorly recognised",
+        f"The training set is imbalanced ({ratio:.0f}:1): {c!r} has {counts[c]} images against {top} for "
+        f"{big!r}, and its recall is {recalls[c]:.2f} against {avg:.2f} for the common classes{others}: the "
+        "model learns to favour the common classes.", steps,
+        {"ratio": ratio, "classes": weak, "gain": gap * counts[c] / sum(counts.values())})
+
+
+def check_weak_classes(run: Mapping, target: float | None) -> Finding | None:
+    recalls = _recalls(run)
+    weak = sorted((c for c in recalls if recalls[c] < target), key=lambda c: recalls[c]) if target else []
+    if not weak:
+        return None
+    listed = ", ".join(f"{c!r} {recalls[c]:.2f}" for c in weak[:6]) + (" …" if len(weak) > 6 else "")
+    steps = [f"Collect more (and more varied) images of {', '.join(repr(c) for c in weak[:5])}."]
+    if cfg_value(run, "train", "class_weights") != "auto":
+        steps.insert(0, train_cmd(run, "--class-weights auto"))
+    return Finding("weak_classes", "problem", f"{plural(len(weak), 'class')} below the recall target {target:.2f}",
+                   f"Recall (the share of a class's images the model finds) is below {target:.2f} for: {listed}.",
+                   steps, {"classes": weak, "gain": target - recalls[weak[0]]})
+
+
+def check_confused_pairs(run: Mapping) -> Finding | None:
+    cm, where = run_confusion(run)
+    classes, k = run_classes(run), len(cm)
+    if k < 3 or len(classes) != k:
+        return None
+    errors = sum(cm[i][j] for i in range(k) for j in range(k) if i != j)
+    pairs = sorted(((cm[i][j] + cm[j][i], i, j) for i in range(k) for j in range(i + 1, k)), reverse=True)
+    total = sum(map(sum, cm))
+    if errors < 5 or pairs[0][0] / errors < max(0.15, 2 / len(pairs)):
+        return None  # errors spread evenly: no pair stands out
+    n, i, j = pairs[0]
+    share = n / errors
+    a, b = classes[i], classes[j]
+    more = [f"{classes[q]!r}/{classes[r]!r} ({100 * m / errors:.0f}%)" for m, q, r in pairs[1:3] if m]
+    text = (f"{a!r} and {b!r} are confused {n:g} times: {100 * share:.0f}% of all {errors:g} errors on the "
+            f"{where} ({_taken(cm, classes, i, j)}).")
+    text += f" Next most confused: {', '.join(more)}." if more else ""
+    steps = [f"Look at the mistakes gallery in {Path(str(run.get('dir') or 'RUN')) / 'report.html'}, then add "
+             f"more (and more varied) training images of {a!r} and {b!r}."]
+    size = int((run.get("summary") or {}).get("img_size") or 0)
+    native = (run.get("data") or {}).get("kind") in ("builtin", "idx")  # fixed small images: no detail to gain
+    if 0 < size < 160 and not native:
+        steps.insert(0, train_cmd(run, f"--img-size {2 * size}"))  # fine details need pixels
+    severe = share >= 0.25 and errors / max(total, 1) >= 0.02
+    return Finding("confused_pair", "warning" if severe else "info", f"{a!r} and {b!r} are often confused",
+                   text, steps, {"pair": [a, b], "share": share, "count": n, "gain": n / max(total, 1)})
+
+
+def _taken(cm: list[list[float]], classes: list[str], i: int, j: int) -> str:
+    """"12 'dog' taken for 'cat', 3 the other way round", the larger direction first."""
+    if cm[j][i] > cm[i][j]:
+        i, j = j, i
+    back = f", {cm[j][i]:g} the other way round" if cm[j][i] else ", never the other way round"
+    return f"{cm[i][j]:g} {classes[i]!r} taken for {classes[j]!r}{back}"
+
+
+def check_mislabelled(run: Mapping, trusted_accuracy: float = 0.8) -> Finding | None:
+    suspects = (run.get("eval") or {}).get("suspects") or []
+    if not suspects:
+        return None
+    s0, n = suspects[0], plural(len(suspects), "training image")
+    acc, _ = _accuracy(run)
+    # a weak model disagrees with many correct labels: then the list is mostly the model's own mistakes
+    weak = acc is not None and acc < trusted_accuracy
+    caveat = (f" With {_pct(acc)} accuracy the model is still weak, so many of these may be its own mistakes "
+              "rather than wrong labels." if weak else " Wrong labels teach the model wrong things.")
+    return Finding(
+        "mislabelled", "warning" if len(suspects) >= 5 and not weak else "info", f"{n} probably mislabelled",
+        f"The model confidently puts {n} in another class than their label, e.g. {s0.get('path', '?')!r} is "
+        f"labelled {s0.get('label')!r} but looks like {s0.get('pred')!r} "
+        f"({_pct(float(s0.get('confidence') or 0))}).{caveat}",
+        [f"picstory doctor {_run_path(run)} --export-relabel relabel",
+         "Check the copies in relabel/<label>/ by eye, fix the wrong labels in your data folder, train again."],
+        {"count": len(suspects)})
+
+
+def check_few_images(run: Mapping, minimum: int = 20) -> Finding | None:
+    counts = _train_counts(run)
+    few = sorted((c for c in counts if counts[c] < minimum), key=counts.get)
+    if not few:
+        return None
+    listed = ", ".join(f"{c!r} ({counts[c]})" for c in few[:6]) + (" …" if len(few) > 6 else "")
+    steps = [f"Collect at least {minimum} (better 100) images of each of these classes."]
+    if str((run.get("summary") or {}).get("model") or "") != PRETRAINED:
+        steps.insert(0, train_cmd(run, f"--model {PRETRAINED}"))  # pretrained features need fewer examples
+    return Finding("few_images", "warning" if counts[few[0]] < minimum / 2 else "info",
+                   f"{plural(len(few), 'class')} with fewer than {minimum} training images",
+                   f"Few examples per class make the model guess: {listed}.", steps, {"classes": few})
+
+
+def check_bad_files(run: Mapping) -> Finding | None:
+    bad = (run.get("data") or {}).get("bad_files") or []
+    if not bad:
+        return None
+    return Finding("bad_files", "info", f"{plural(len(bad), 'file')} could not be read (skipped)",
+                   f"For example {bad[0].get('path')!r}: {bad[0].get('reason')}.",
+                   [f"picstory data check {shlex.quote(data_spec(run))}"], {"count": len(bad)})
+
+
+RULES: tuple[Callable[[Mapping], Finding | None], ...] = (
+    check_diverged, check_spikes, check_lr_too_high, check_leaks, check_underfitting, check_overfitting,
+    check_imbalance, check_confused_pairs, check_mislabelled, check_few_images, check_bad_files)
+KIND_ORDER = ("diverged", "unstable", "lr_too_high", "leak", "underfitting", "overfitting", "imbalance",
+              "weak_classes", "confused_pair", "mislabelled", "few_images", "bad_files")
+
+
+# ---------------------------------------------------------------- verdict
+
+
+def _fraction(x: float | None) -> float | None:
+    return None if x is None else (x / 100 if x > 1 else float(x))  # "--target-accuracy 90" means 90 %
+
+
+def _sort_key(f: Finding) -> tuple:
+    return SEVERITIES.index(f.severity), KIND_ORDER.index(f.kind), -float(f.facts.get("gain", 0.0))
+
+
+def diagnose(run_dir: str | Path, target_accuracy: float | None = None,
+             class_recall_target: float | None = None) -> dict:
+    """Read the run directory and judge it; see :func:`diagnose_loaded`."""
+    return diagnose_loaded(load_run(run_dir), target_accuracy, class_recall_target)
+
+
+def diagnose_loaded(run: Mapping, target_accuracy: float | None = None,
+                    class_recall_target: float | None = None) -> dict:
+    """verdict, one-sentence summary, ordered findings and the single most promising command. No side effects."""
+    target, recall_target = _fraction(target_accuracy), _fraction(class_recall_target)
+    findings = [f for f in (rule(run) for rule in RULES) if f]
+    weak = check_weak_classes(run, recall_target)
+    findings += [weak] if weak else []
+    findings.sort(key=_sort_key)
+    acc, split = _accuracy(run)
+    blockers = [f for f in findings if f.kind in ("diverged", "leak") and f.severity == "problem"]
+    if target is None and recall_target is None:
+        verdict = "no target given"
+    else:
+        ok = acc is not None and (target is None or acc >= target) and not weak and not blockers
+        verdict = "ready to deploy" if ok else "not yet"
+    commands = [s for f in findings for s in f.next_steps if s.startswith("picstory ")]
+    if verdict == "ready to deploy":
+        next_step = f"picstory export {_run_path(run)} --format onnx"
+    elif commands:
+        next_step = commands[0]
+    else:  # nothing specific is wrong: a stronger preset is the generic next move
+        next_step = train_cmd(run, "--preset best")
+    return {"verdict": verdict, "accuracy": acc, "split": split, "target_accuracy": target,
+            "class_recall_target": recall_target,
+            "summary": _summary(verdict, acc, split, target, recall_target, findings, blockers),
+            "findings": [asdict(f) for f in findings], "next_step": next_step}
+
+
+def _summary(verdict: str, acc: float | None, split: str, target: float | None, recall_target: float | None,
+             findings: list[Finding], blockers: list[Finding]) -> str:
+    score = f"{split.capitalize()} accuracy is {_pct(acc)}" if acc is not None else "No accuracy was recorded"
+    top = findings[0].title[0].lower() + findings[0].title[1:] if findings else ""
+    if verdict == "ready to deploy":
+        extra = f" and every class reaches recall {recall_target:.2f}" if recall_target else ""
+        goal = f", meeting the target of {_pct(target)}" if target is not None else ""
+        return f"{score}{goal}{extra}: ready to deploy."
+    if verdict == "no target given":
+        tail = f"; the main finding: {top}." if top else ", and nothing stands out as wrong."
+        return f"{score}{tail} Give --target-accuracy to get a verdict."
+    if blockers:
+        return f"{score}, but it cannot be trusted yet: {blockers[0].title[0].lower()}{blockers[0].title[1:]}."
+    why = (f"below the target of {_pct(target)}" if acc is not None and target is not None and acc < target
+           else "short of the per-class recall target" if recall_target else "not yet good enough")
+    return f"{score}, {why}" + (f"; first fix: {top}." if top else ".")
+
+
+# ---------------------------------------------------------------- output
+
+
+def doctor_text(result: dict, width: int = 100) -> str:
+    """Plain text for the terminal (no markup: class names may contain brackets)."""
+    def wrap(text: str, first: str, rest: str | None = None) -> str:
+        return textwrap.fill(text, width, initial_indent=first, subsequent_indent=rest or first)
+
+    lines = [f"Verdict: {result['verdict'].upper()}", wrap(result["summary"], "  "), "",
+             "Next step:", f"  $ {result['next_step']}"]
+    findings = result.get("findings") or []
+    lines += ["", f"Findings ({len(findings)})" if findings else "No findings: the curves and data look healthy."]
+    for n, f in enumerate(findings, 1):
+        lines += ["", f"{n}. {f['severity'].upper():8s} {f['title']}", wrap(f["evidence"], "   ")]
+        lines += ["   Try:"] + [f"     $ {s}" if s.startswith("picstory ") else wrap(s, "     - ", "       ")
+                                for s in f["next_steps"]]
+    return "\n".join(lines) + "\n"
+
+
+def _safe_name(name: str) -> str:
+    cleaned = re.sub(r"[^\w.\- ]+", "_", str(name)).strip(" .")
+    return cleaned or "_"
+
+
+def _source_file(run: Mapping, path: str) -> Path | None:
+    """The original image of a suspect, when it still exists: absolute, under the data folder, or cwd-relative."""
+    spec = Path(data_spec(run))
+    roots = [spec if spec.is_dir() else spec.parent, Path(".")]
+    p = Path(path)
+    for cand in [p] if p.is_absolute() else [r / p for r in roots]:
+        if cand.is_file():
+            return cand
+    return None
+
+
+def export_relabel(run_dir: str | Path, out_dir: str | Path) -> int:
+    """Copy the likely mislabelled training images into OUT/<given label>/ for a person to check; returns the count.
+
+    The original file is copied when it is on disk, else the thumbnail from eval.json is written. A
+    ``relabel.csv`` lists each file with its label, the model's guess and the source path.
+    """
+    run = load_run(run_dir)
+    out = Path(out_dir)
+    spec = Path(data_spec(run))
+    if spec.is_dir() and out.resolve().is_relative_to(spec.resolve()):
+        raise UserError(f"--export-relabel {out}: is inside the data folder {spec}; choose a folder outside it")
+    rows = []
+    for n, s in enumerate((run.get("eval") or {}).get("suspects") or []):
+        folder = out / _safe_name(s.get("label", "unknown"))
+        folder.mkdir(parents=True, exist_ok=True)
+        src = _source_file(run, str(s.get("path", "")))
+        stem = f"{n:03d}_{_safe_name(Path(str(s.get('path', 'image'))).stem)}"
+        if src is not None:
+            dest = folder / f"{stem}{src.suffix.lower()}"
+            shutil.copy2(src, dest)
+        else:
+            m = re.match(r"data:image/(\w+);base64,(.*)$", str(s.get("thumb", "")), re.S)
+            if not m:
+                continue
+            dest = folder / f"{stem}.{m.group(1)}"
+            dest.write_bytes(base64.b64decode(m.group(2)))
+        rows.append([str(dest.relative_to(out)), s.get("label"), s.get("pred"), s.get("confidence"),
+                     s.get("path")])
+    if rows:
+        with (out / "relabel.csv").open("w", newline="") as f:
+            csv.writer(f).writerows([["file", "label", "predicted", "confidence", "source"], *rows])
+    return len(rows)

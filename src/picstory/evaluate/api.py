@@ -1,0 +1,108 @@
+"""``picstory eval RUN [DATA]``: the best bundle on the run's test split or on another data set → eval.json."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import DataError, UserError
+from ..runs import find_run, read_json, slug
+from ..train.checkpoint import atomic_write
+from .metrics import confident_mistakes, predict_images, summarize, suspects
+
+SUSPECT_SCAN_MAX = 20_000  # training images scanned for likely label errors (bounded time on big sets)
+
+
+def evaluate_run(run: str | Path, data: str | None = None, tta: str = "none", td=None, write_report: bool = True,
+                 summary: dict | None = None, device: str = "cpu", progress: bool = True) -> dict:
+    from ..deploy.bundle import load_bundle
+
+    run_dir = find_run(run)
+    model, meta = load_bundle(run_dir / "model", device=device)
+    model = model.to(memory_format=torch.channels_last)
+    classes = meta["classes"]
+    mean, std = meta["mean"], meta["std"]
+    if td is not None:
+        test, train = td.splits["test"], td.splits["train"]
+        images, labels, paths, name = test.images, test.labels.numpy(), test.paths, "test"
+    else:
+        images, labels, paths, name, train = _load_eval_data(run_dir, meta, data, progress)
+    if not len(labels):
+        return {}
+    probs = predict_images(model, images, mean, std, tta=tta, device=device)
+    result = {"split": name, "data": data or meta.get("data", ""), "tta": tta,
+              **summarize(probs, labels, classes),
+              "mistakes": confident_mistakes(probs, labels, images, paths, classes)}
+    if train is not None and len(train.labels):
+        sel = np.arange(len(train.labels))[:SUSPECT_SCAN_MAX]
+        tprobs = predict_images(model, train.images[sel], mean, std, device=device)
+        result["suspects"] = suspects(tprobs, train.labels.numpy()[sel], train.images[sel],
+                                      [train.paths[i] for i in sel], classes)
+    out = run_dir / ("eval.json" if data is None else f"eval-{slug(data)}.json")
+    atomic_write(out, json.dumps(result, indent=1))
+    if write_report and data is None:
+        finalize_report(run_dir, summary or read_json(run_dir / "summary.json"))
+    return result
+
+
+def _load_eval_data(run_dir: Path, meta: dict, data: str | None, progress: bool):
+    from ..data.cache import load_images
+    from ..data.sources import resolve
+    from ..data.split import read_manifest
+    from ..train.data import Split
+    import yaml
+
+    cfg = yaml.safe_load((run_dir / "config.yaml").read_text()) if (run_dir / "config.yaml").is_file() else {}
+    spec = data or cfg.get("data", {}).get("data") or meta.get("data")
+    dcfg = cfg.get("data", {})
+    source = resolve(spec, dcfg.get("path_col", "") if not data else "", dcfg.get("label_col", "") if not data else "")
+    classes = meta["classes"]
+    unknown = sorted(set(source.classes) - set(classes))
+    if unknown:
+        raise DataError(f"{spec} has classes the model does not know: {', '.join(unknown[:10])} "
+                        f"(the model knows {', '.join(classes[:10])}{'…' if len(classes) > 10 else ''})")
+    train_idx: list[int] = []
+    if data is None:
+        splits = read_manifest(run_dir / "split.csv", source)
+        idx, train_idx, name = splits["test"], splits["train"], "test"
+    else:
+        declared = [i for i, r in enumerate(source.records) if r.split == "test"]
+        idx, name = (declared, "test") if declared else (list(range(len(source.records))), "all")
+    index = {c: i for i, c in enumerate(classes)}
+
+    def part(ids: list[int]):
+        cached = load_images(source, ids, meta["img_size"], meta["in_chans"], meta.get("fit", "crop"),
+                             progress=progress)
+        ok = [j for j in range(len(ids)) if cached.ok[j]]
+        if cached.bad:
+            print(f"warning: skipped {len(cached.bad)} unreadable image(s)", file=sys.stderr)
+        arr = np.ascontiguousarray(cached.images[ok]) if ok else np.zeros((0, 1, 1, 1), np.uint8)
+        return Split(torch.from_numpy(arr).permute(0, 3, 1, 2),
+                     torch.tensor([index[source.records[ids[j]].label] for j in ok], dtype=torch.long),
+                     [source.display_path(source.records[ids[j]]) for j in ok])
+
+    test = part(idx)
+    if not len(test.labels):
+        raise UserError(f"no test images to evaluate in {spec}")
+    train = part(train_idx) if train_idx else None
+    return test.images, test.labels.numpy(), test.paths, name, train
+
+
+def finalize_report(run_dir: Path, summary: dict) -> None:
+    """Diagnosis into summary.json, then report.html. A failing report never loses the trained model."""
+    try:
+        from ..doctor import diagnose
+        from .report import write_report
+
+        summary = dict(summary)
+        summary["diagnosis"] = diagnose(run_dir)
+        atomic_write(run_dir / "summary.json", json.dumps(summary, indent=1))
+        write_report(run_dir)
+    except Exception as e:  # noqa: BLE001 — the report is derived data; say so and keep the run
+        print(f"warning: could not write the report for {run_dir}: {type(e).__name__}: {e}", file=sys.stderr)
+        if "--debug" in sys.argv:
+            raise

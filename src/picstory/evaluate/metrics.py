@@ -1,0 +1,83 @@
+"""Metrics on a split: accuracy, top-k, per-class precision / recall / F1, confusion, confident mistakes."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import io
+
+import numpy as np
+import torch
+from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+
+from ..data.batches import normalize
+from .tta import predict_proba
+
+
+def predict_images(model: torch.nn.Module, images: torch.Tensor, mean, std, batch_size: int = 512,
+                   tta: str = "none", device: torch.device | str = "cpu",
+                   autocast_dtype: torch.dtype | None = None) -> np.ndarray:
+    """Probabilities (N, K) for uint8 N×C×H×W images; the same normalisation as training and predict."""
+    device = torch.device(device)
+    model.eval()
+    out = []
+    for i in range(0, len(images), batch_size):
+        x = normalize(images[i:i + batch_size].to(device), mean, std)
+        ctx = torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else contextlib.nullcontext()
+        with ctx:
+            out.append(predict_proba(model, x, tta).float().cpu())
+    return torch.cat(out).numpy() if out else np.zeros((0, 0), dtype=np.float32)
+
+
+def summarize(probs: np.ndarray, labels: np.ndarray, classes: list[str]) -> dict:
+    k = len(classes)
+    pred = probs.argmax(1)
+    eps = 1e-12
+    loss = float(-np.log(probs[np.arange(len(labels)), labels] + eps).mean()) if len(labels) else float("nan")
+    topk = min(5, k)
+    top = np.argsort(-probs, axis=1)[:, :topk]
+    p, r, f, s = precision_recall_fscore_support(labels, pred, labels=list(range(k)), zero_division=0)
+    return {
+        "accuracy": float((pred == labels).mean()) if len(labels) else float("nan"),
+        f"top{topk}_accuracy" if topk != 5 else "top5_accuracy": float((top == labels[:, None]).any(1).mean()),
+        "loss": loss, "n": int(len(labels)), "classes": classes,
+        "confusion": confusion_matrix(labels, pred, labels=list(range(k))).tolist(),
+        "per_class": [{"class": c, "precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]),
+                       "support": int(s[i])} for i, c in enumerate(classes)],
+    }
+
+
+def thumb(img: np.ndarray, size: int = 96) -> str:
+    """A PNG data URI of an H×W×C uint8 image, upscaled with nearest for tiny images so pixels stay visible."""
+    from PIL import Image
+
+    im = Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img)
+    if max(im.size) < size:
+        im = im.resize((size, size), Image.NEAREST)
+    else:
+        im.thumbnail((size, size))
+    buf = io.BytesIO()
+    im.save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def confident_mistakes(probs: np.ndarray, labels: np.ndarray, images: torch.Tensor, paths: list[str],
+                       classes: list[str], n: int = 24) -> list[dict]:
+    pred = probs.argmax(1)
+    wrong = np.flatnonzero(pred != labels)
+    order = wrong[np.argsort(-probs[wrong, pred[wrong]])][:n]
+    return [{"path": paths[i], "true": classes[labels[i]], "pred": classes[pred[i]],
+             "confidence": float(probs[i, pred[i]]), "thumb": thumb(images[i].permute(1, 2, 0).numpy())}
+            for i in order]
+
+
+def suspects(probs: np.ndarray, labels: np.ndarray, images: torch.Tensor, paths: list[str], classes: list[str],
+             n: int = 24, min_confidence: float = 0.8) -> list[dict]:
+    """Training images the model confidently assigns to another class: the likeliest label errors."""
+    pred = probs.argmax(1)
+    loss = -np.log(probs[np.arange(len(labels)), labels] + 1e-12)
+    cand = np.flatnonzero((pred != labels) & (probs[np.arange(len(labels)), pred] >= min_confidence))
+    order = cand[np.argsort(-loss[cand])][:n]
+    return [{"path": paths[i], "label": classes[labels[i]], "pred": classes[pred[i]],
+             "confidence": float(probs[i, pred[i]]), "loss": float(loss[i]),
+             "thumb": thumb(images[i].permute(1, 2, 0).numpy())} for i in order]

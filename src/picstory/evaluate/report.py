@@ -1,0 +1,283 @@
+"""report.html and its companions (curves.png, confusion_matrix.png, errors.png, per_class.csv) for a run.
+
+The page is self-contained — figures and thumbnails are data URIs, CSS is inline, nothing is fetched — so it can
+be mailed or archived as one file. Every string that comes from data (class names, paths, config) is escaped.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import io
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+import yaml
+
+from .. import doctor
+from ..train.checkpoint import atomic_write
+from . import plots
+
+CSS = """
+body{font:15px/1.5 system-ui,-apple-system,"Segoe UI",Roboto,"DejaVu Sans",sans-serif;color:#1d2330;
+ background:#f3f5f8;margin:0}
+main{max-width:1180px;margin:0 auto;padding:24px}
+section{background:#fff;border-radius:10px;box-shadow:0 1px 3px #0002;padding:18px 22px;margin:18px 0}
+h1{margin:0 0 4px;font-size:26px;word-break:break-all}h2{margin:0 0 12px;font-size:19px}
+.meta{color:#5a6372}.hero{display:flex;gap:28px;align-items:center;flex-wrap:wrap}
+.big{font-size:52px;font-weight:700;line-height:1}.big small{display:block;font-size:13px;font-weight:400;
+ color:#5a6372}
+.badge{display:inline-block;border-radius:5px;padding:1px 8px;font-size:12px;font-weight:700;color:#fff;
+ text-transform:uppercase;letter-spacing:.04em}
+.problem{background:#c62828}.warning{background:#ef8f00}.info{background:#4b6fa5}
+.ready{background:#2e7d32}.notyet{background:#c62828}.none{background:#6b7280}
+.verdict .badge{font-size:15px;padding:3px 12px}
+.finding{border-left:4px solid #ccd;padding:6px 12px;margin:10px 0}
+.finding.sev-problem{border-color:#c62828}.finding.sev-warning{border-color:#ef8f00}
+.finding.sev-info{border-color:#4b6fa5}
+code,pre{font:13px/1.4 ui-monospace,"DejaVu Sans Mono",monospace;background:#eef1f5;border-radius:4px}
+code{padding:1px 5px;word-break:break-all}pre{padding:10px;overflow:auto;max-height:520px}
+.next code{display:block;padding:6px 10px;margin-top:4px}
+img.fig{max-width:100%;height:auto;display:block;margin:8px auto}img.small{max-width:560px}
+table{border-collapse:collapse;font-size:14px}th,td{padding:4px 10px;border-bottom:1px solid #e5e8ee;text-align:right}
+th:first-child,td:first-child{text-align:left}tr.weak td{background:#fdecea}th{position:sticky;top:0;background:#fff}
+.scroll{max-height:560px;overflow:auto}
+.gallery{display:grid;grid-template-columns:repeat(auto-fill,minmax(140px,1fr));gap:10px}
+.tile{border:1px solid #e5e8ee;border-radius:8px;padding:6px;font-size:12px;overflow-wrap:anywhere}
+.tile img{width:100%;aspect-ratio:1;object-fit:contain;image-rendering:pixelated;background:#f0f0f0}
+.tile .p{color:#8b0000}.tile .path{color:#8a92a0;word-break:break-all}
+dl{display:grid;grid-template-columns:max-content 1fr;gap:2px 18px;margin:0}
+dl.two{grid-template-columns:max-content 1fr max-content 1fr}dt{color:#5a6372}dd{margin:0}
+"""
+
+
+def _e(x: object) -> str:
+    return html.escape(str(x))
+
+
+def per_class_rows(run: Mapping) -> list[dict]:
+    """eval.json's per-class metrics, else computed from the validation confusion matrix of the best epoch."""
+    per_class = (run.get("eval") or {}).get("per_class")
+    if per_class:
+        return [dict(r) for r in per_class]
+    cm, _ = doctor.run_confusion(run)
+    classes = doctor.run_classes(run)
+    if not cm or len(cm) != len(classes):
+        return []
+    cm = np.asarray(cm, dtype=float)
+    tp, support, predicted = np.diag(cm), cm.sum(1), cm.sum(0)
+    prec = np.divide(tp, predicted, out=np.zeros_like(tp), where=predicted > 0)
+    rec = np.divide(tp, support, out=np.zeros_like(tp), where=support > 0)
+    f1 = np.divide(2 * prec * rec, prec + rec, out=np.zeros_like(tp), where=prec + rec > 0)
+    return [{"class": c, "precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
+            for c, p, r, f, s in zip(classes, prec, rec, f1, support)]
+
+
+def _per_class_csv(rows: list[dict]) -> bytes:
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["class", "precision", "recall", "f1", "support"])
+    for r in rows:
+        w.writerow([r["class"], f"{r['precision']:.4f}", f"{r['recall']:.4f}", f"{r['f1']:.4f}", r["support"]])
+    return buf.getvalue().encode()
+
+
+def _figures(run: Mapping) -> dict[str, bytes]:
+    s = run.get("summary") or {}
+    metrics = run.get("metrics") or []
+    cm, where = doctor.run_confusion(run)
+    classes = doctor.run_classes(run)
+    mistakes = (run.get("eval") or {}).get("mistakes") or []
+    figs = {
+        "curves.png": plots.curves_figure(metrics, s.get("best_epoch")) if metrics
+        else plots.placeholder_figure("No metrics.csv: no training curves."),
+        "confusion_matrix.png": plots.confusion_figure(cm, classes) if cm and len(cm) == len(classes)
+        else plots.placeholder_figure("No confusion matrix recorded."),
+        "errors.png": plots.errors_figure(mistakes) if run.get("eval")
+        else plots.placeholder_figure("No eval.json: no mistakes gallery."),
+    }
+    out = {name: plots.figure_png(fig) for name, fig in figs.items()}
+    if run.get("lr_find"):
+        out["lr_find"] = plots.figure_png(plots.lr_find_figure(run["lr_find"]))  # embedded only
+    return out
+
+
+def write_report(run_dir: str | Path, target_accuracy: float | None = None,
+                 class_recall_target: float | None = None) -> Path:
+    """Write report.html, curves.png, confusion_matrix.png, errors.png and per_class.csv into the run directory."""
+    run = doctor.load_run(run_dir)
+    out = Path(run_dir)
+    diagnosis = doctor.diagnose_loaded(run, target_accuracy, class_recall_target)
+    pngs = _figures(run)
+    rows = per_class_rows(run)
+    for name, data in pngs.items():
+        if name.endswith(".png"):
+            atomic_write(out / name, data)
+    atomic_write(out / "per_class.csv", _per_class_csv(rows))
+    page = render_html(run, diagnosis, pngs, rows)
+    atomic_write(out / "report.html", page.encode())
+    return out / "report.html"
+
+
+def _img(png: bytes, alt: str, cls: str = "fig") -> str:
+    return f'<img class="{cls}" alt="{_e(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
+
+
+def render_html(run: Mapping, diagnosis: dict, pngs: Mapping[str, bytes], rows: list[dict]) -> str:
+    parts = [_header(run, diagnosis), _diagnosis(diagnosis), _curves(run, pngs), _confusion_section(run, pngs),
+             _per_class(rows), _gallery(run, "mistakes"), _gallery(run, "suspects"), _data(run), _timing(run),
+             _config(run)]
+    title = f"picstory report — {Path(run.get('dir') or 'run').name}"
+    return (f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{_e(title)}</title>'
+            f'<meta name="viewport" content="width=device-width,initial-scale=1"><style>{CSS}</style></head>'
+            f'<body><main>{"".join(p for p in parts if p)}</main></body></html>\n')
+
+
+def _pct(x: object) -> str:
+    return "–" if x is None else f"{100 * float(x):.1f}%"
+
+
+def _header(run: Mapping, diagnosis: dict) -> str:
+    s = run.get("summary") or {}
+    name = Path(run.get("dir") or "run").name
+    meta = " · ".join(_e(x) for x in (
+        f"model {s.get('model') or doctor.cfg_value(run, 'model', 'model', '?')}", f"data {doctor.data_spec(run)}",
+        f"{s.get('img_size')} px" if s.get("img_size") else "", f"{len(doctor.run_classes(run))} classes") if x)
+    acc, split = diagnosis.get("accuracy"), diagnosis.get("split") or "test"
+    val = f"validation {_pct(s.get('val_accuracy'))}" if s.get("val_accuracy") is not None else ""
+    best = f" · best epoch {s['best_epoch']}" if s.get("best_epoch") else ""
+    return (f'<section class="hero"><div class="big">{_pct(acc)}<small>{_e(split)} accuracy</small></div>'
+            f'<div><h1>{_e(name)}</h1><div class="meta">{meta}</div>'
+            f'<div class="meta">{_e(val)}{_e(best)}</div></div></section>')
+
+
+def _diagnosis(d: dict) -> str:
+    cls = {"ready to deploy": "ready", "not yet": "notyet"}.get(d["verdict"], "none")
+    out = [f'<section><h2>Diagnosis</h2><p class="verdict"><span class="badge {cls}">{_e(d["verdict"])}</span> '
+           f'{_e(d["summary"])}</p><p class="next"><b>Next step</b><code>{_e(d["next_step"])}</code></p>']
+    for f in d["findings"]:
+        steps = "".join(f"<li><code>{_e(s)}</code></li>" if s.startswith("picstory ") else f"<li>{_e(s)}</li>"
+                        for s in f["next_steps"])
+        out.append(f'<div class="finding sev-{_e(f["severity"])}"><span class="badge {_e(f["severity"])}">'
+                   f'{_e(f["severity"])}</span> <b>{_e(f["title"])}</b><p>{_e(f["evidence"])}</p>'
+                   f'<ul>{steps}</ul></div>')
+    if not d["findings"]:
+        out.append("<p>No findings: the curves and the data look healthy.</p>")
+    return "".join(out) + "</section>"
+
+
+def _curves(run: Mapping, pngs: Mapping[str, bytes]) -> str:
+    s, rows = run.get("summary") or {}, run.get("metrics") or []
+    sizes = sorted({int(r["img_size"]) for r in rows if r.get("img_size")})
+    notes = [f"Stopped: {s['stop_reason']}." if s.get("stop_reason") else "",
+             f"The green dashed line marks the best epoch ({s['best_epoch']}), whose weights were kept."
+             if s.get("best_epoch") else "",
+             f"Progressive resizing: {' → '.join(f'{x} px' for x in sizes)} (shaded bands, sizes on top)."
+             if len(sizes) > 1 else ""]
+    lr = _img(pngs["lr_find"], "learning-rate finder", "fig small") if "lr_find" in pngs else ""
+    return (f'<section><h2>Training curves</h2><p>{_e(" ".join(n for n in notes if n))}</p>'
+            f'{_img(pngs["curves.png"], "training curves")}{lr}</section>')
+
+
+def _confusion_section(run: Mapping, pngs: Mapping[str, bytes]) -> str:
+    _, where = doctor.run_confusion(run)
+    note = f"On the {where}. Rows are the true class, columns the prediction." if where else ""
+    return f'<section><h2>Confusion matrix</h2><p>{_e(note)}</p>{_img(pngs["confusion_matrix.png"], "confusion")}' \
+           f"</section>"
+
+
+def _per_class(rows: list[dict]) -> str:
+    if not rows:
+        return ""
+    macro = sum(r["f1"] for r in rows) / len(rows)
+    limit = max(0.5, macro - 0.1)
+    body = "".join(
+        f'<tr class="{"weak" if r["f1"] < limit else ""}"><td>{_e(r["class"])}</td><td>{r["precision"]:.3f}</td>'
+        f'<td>{r["recall"]:.3f}</td><td>{r["f1"]:.3f}</td><td>{int(r["support"])}</td></tr>' for r in rows)
+    weak = sum(r["f1"] < limit for r in rows)
+    note = (f"{doctor.plural(weak, 'weak class')} highlighted (F1 below {limit:.2f}; the macro-average F1 is "
+            f"{macro:.3f})." if weak else f"Macro-average F1 {macro:.3f}; no class stands out as weak.")
+    return (f'<section><h2>Per-class metrics</h2><p>{_e(note)}</p><div class="scroll"><table><tr><th>class</th>'
+            f'<th>precision</th><th>recall</th><th>F1</th><th>support</th></tr>{body}</table></div></section>')
+
+
+def _thumb(uri: object) -> str:
+    uri = str(uri or "")
+    return f'<img alt="" src="{uri}">' if plots.DATA_URI.match(uri) else '<div class="path">no thumbnail</div>'
+
+
+def _gallery(run: Mapping, key: str) -> str:
+    items = (run.get("eval") or {}).get(key) or []
+    if key == "mistakes":
+        title = "Most confident mistakes"
+        intro = "Images of the evaluated split that the model got wrong with the highest confidence."
+    else:
+        title = "Likely mislabelled training images"
+        intro = ("Training images with the highest loss where the model confidently predicts another class. "
+                 f"Export them for checking: picstory doctor {run.get('dir') or 'RUN'} --export-relabel DIR")
+    if not items:
+        return ""
+    tiles = []
+    for m in items:
+        truth = m.get("true", m.get("label"))
+        loss = f" · loss {float(m['loss']):.2f}" if m.get("loss") is not None else ""
+        tiles.append(f'<div class="tile" title="{_e(m.get("path", ""))}">{_thumb(m.get("thumb"))}'
+                     f'<div>{"label" if key == "suspects" else "true"}: <b>{_e(truth)}</b></div>'
+                     f'<div class="p">pred: <b>{_e(m.get("pred"))}</b> ({_pct(m.get("confidence"))}{loss})</div>'
+                     f'<div class="path">{_e(m.get("path", ""))}</div></div>')
+    return f'<section><h2>{title}</h2><p>{_e(intro)}</p><div class="gallery">{"".join(tiles)}</div></section>'
+
+
+def _data(run: Mapping) -> str:
+    d, s = run.get("data") or {}, run.get("summary") or {}
+    counts = d.get("class_counts") or s.get("class_counts") or {}
+    splits = [k for k in ("train", "val", "test") if k in counts] + [k for k in counts if k not in
+                                                                     ("train", "val", "test")]
+    classes = doctor.run_classes(run) or sorted({c for v in counts.values() for c in v})
+    if not counts and not d:
+        return ""
+    head = "".join(f"<th>{_e(k)}</th>" for k in splits)
+    body = "".join(f"<tr><td>{_e(c)}</td>" + "".join(f"<td>{counts[k].get(c, 0)}</td>" for k in splits) +
+                   f"<td>{sum(counts[k].get(c, 0) for k in splits)}</td></tr>" for c in classes)
+    dups = d.get("duplicates")
+    facts = [("data", d.get("spec") or doctor.data_spec(run)), ("kind", d.get("kind")),
+             ("imbalance (largest / smallest class)", f"{d['imbalance_ratio']:.1f}" if d.get("imbalance_ratio")
+              else None), ("duplicate images", len(dups) if isinstance(dups, list) else dups),
+             ("unreadable files", len(d.get("bad_files") or []) if d else None),
+             ("images shared between splits", len(d.get("leaks") or []) if d else None)]
+    dl = "".join(f"<dt>{_e(k)}</dt><dd>{_e(v)}</dd>" for k, v in facts if v is not None)
+    bad = "".join(f"<li><code>{_e(b.get('path'))}</code> — {_e(b.get('reason'))}</li>"
+                  for b in (d.get("bad_files") or [])[:20])
+    leaks = "".join(f"<li>{_e(', '.join(lk.get('splits', [])))}: "
+                    f"{' = '.join(f'<code>{_e(p)}</code>' for p in lk.get('paths', []))}</li>"
+                    for lk in (d.get("leaks") or [])[:20])
+    return (f'<section><h2>Data</h2><dl>{dl}</dl><h3>Images per class</h3><div class="scroll"><table><tr>'
+            f'<th>class</th>{head}<th>total</th></tr>{body}</table></div>'
+            + (f"<h3>Unreadable files (skipped)</h3><ul>{bad}</ul>" if bad else "")
+            + (f"<h3>Identical images in more than one split</h3><ul>{leaks}</ul>" if leaks else "")
+            + "</section>")
+
+
+def _timing(run: Mapping) -> str:
+    s, env = run.get("summary") or {}, run.get("env") or {}
+    secs, n = s.get("train_seconds"), s.get("epochs_run") or len(run.get("metrics") or [])
+    facts = [("training time", f"{secs:.1f} s" if secs is not None else None), ("epochs", n or None),
+             ("seconds per epoch", f"{secs / n:.2f}" if secs is not None and n else None),
+             ("device", s.get("device") or env.get("device")), ("precision", s.get("precision")),
+             ("parameters", f"{s['params']:,}" if isinstance(s.get("params"), int) else s.get("params")),
+             ("threads", env.get("threads")), ("seed", env.get("seed")), ("picstory", env.get("picstory")),
+             ("torch", env.get("torch")), ("python", env.get("python")), ("command", env.get("command"))]
+    dl = "".join(f"<dt>{_e(k)}</dt><dd>{_e(v)}</dd>" for k, v in facts if v is not None)
+    return f'<section><h2>Timing and environment</h2><dl class="two">{dl}</dl></section>' if dl else ""
+
+
+def _config(run: Mapping) -> str:
+    cfg = run.get("config")
+    if not cfg:
+        return ""
+    text = yaml.safe_dump(cfg, sort_keys=False)
+    return (f"<section><details><summary><b>Config</b> (reproduce with <code>picstory train --config "
+            f"{_e(Path(run.get('dir') or 'RUN') / 'config.yaml')}</code>)</summary><pre>{_e(text)}</pre>"
+            f"</details></section>")

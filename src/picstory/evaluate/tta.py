@@ -1,0 +1,36 @@
+"""Test-time augmentation: average the softmax over a few deterministic views of each image."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+TTA_MODES = ("none", "flip", "flip+crops")
+
+
+def views(x: torch.Tensor, mode: str) -> list[torch.Tensor]:
+    """Deterministic views of a normalised N×C×H×W batch."""
+    if mode not in TTA_MODES:
+        raise ValueError(f"unknown TTA mode {mode!r}; choose from {', '.join(TTA_MODES)}")
+    out = [x]
+    if mode in ("flip", "flip+crops"):
+        out.append(torch.flip(x, dims=[3]))
+    if mode == "flip+crops":
+        # four corner crops of 7/8 of the side, scaled back: small shifts the model saw as translate augmentation
+        h, w = x.shape[-2:]
+        ch, cw = max(1, round(h * 7 / 8)), max(1, round(w * 7 / 8))
+        for top, left in ((0, 0), (0, w - cw), (h - ch, 0), (h - ch, w - cw)):
+            crop = x[..., top:top + ch, left:left + cw]
+            out.append(F.interpolate(crop, size=(h, w), mode="bilinear", align_corners=False))
+    return out
+
+
+@torch.inference_mode()
+def predict_proba(model: torch.nn.Module, x: torch.Tensor, tta: str = "none") -> torch.Tensor:
+    """Softmax probabilities (N, K) averaged over the TTA views, in fp32."""
+    probs = None
+    vs = views(x, tta)
+    for v in vs:
+        p = torch.softmax(model(v.contiguous(memory_format=torch.channels_last)).float(), dim=1)
+        probs = p if probs is None else probs + p
+    return probs / len(vs)

@@ -1,0 +1,152 @@
+"""monitor.html: one self-contained page (charts and thumbnails inlined as base64 PNGs, no external URLs)."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from pathlib import Path
+
+from matplotlib.figure import Figure
+
+THUMB_PX = 96
+LEVEL_COLOURS = {"stable": "#1a7f37", "moderate": "#b35900", "significant": "#c62828"}
+
+CSS = """
+body{font:14px/1.45 system-ui,-apple-system,'Segoe UI',Roboto,sans-serif;margin:0;background:#f6f7f9;color:#1f2328}
+main{max-width:1100px;margin:0 auto;padding:24px}
+h1{font-size:22px;margin:0 0 4px} h2{font-size:17px;margin:28px 0 8px}
+.muted{color:#656d76} .card{background:#fff;border:1px solid #d8dee4;border-radius:10px;padding:16px;margin:12px 0}
+.grid{display:grid;grid-template-columns:repeat(auto-fit,minmax(160px,1fr));gap:12px}
+.stat b{display:block;font-size:22px} .stat b.small{font-size:16px;line-height:2} .badge{color:#fff;border-radius:999px;padding:2px 10px;font-weight:600}
+img.chart{max-width:100%} table{border-collapse:collapse;width:100%} td,th{padding:6px 8px;text-align:left;
+border-bottom:1px solid #eaeef2;vertical-align:middle} img.thumb{width:64px;height:64px;object-fit:contain;
+background:#eee;border-radius:6px} code{font-size:12px}
+"""
+
+
+def _png(fig: Figure) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def _over_time_chart(over_time: dict) -> str:
+    labels, counts = list(over_time["counts"]), list(over_time["counts"].values())
+    fig = Figure(figsize=(9, 2.8))
+    ax = fig.subplots()
+    ax.bar(range(len(counts)), counts, color="#4f6bed")
+    step = max(1, len(labels) // 12)  # at most ~12 tick labels stay readable
+    ax.set_xticks(range(0, len(labels), step), labels[::step], rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel(f"predictions per {over_time['unit']}")
+    ax.spines[["top", "right"]].set_visible(False)
+    return _png(fig)
+
+
+def _distribution_chart(dist: dict) -> str:
+    classes = list(dist)
+    pred = [dist[c]["predicted"] for c in classes]
+    train = [dist[c]["training"] for c in classes]
+    fig = Figure(figsize=(9, max(2.5, 0.28 * len(classes) + 1)))
+    ax = fig.subplots()
+    ys = range(len(classes))
+    ax.barh([y + 0.2 for y in ys], train, height=0.4, color="#afb8c1", label="training")
+    ax.barh([y - 0.2 for y in ys], pred, height=0.4, color="#4f6bed", label="served (predicted)")
+    ax.set_yticks(list(ys), classes, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("fraction of images")
+    ax.legend(loc="lower left", bbox_to_anchor=(0, 1), ncol=2, frameon=False)  # above: never over a bar
+    ax.spines[["top", "right"]].set_visible(False)
+    return _png(fig)
+
+
+def _confidence_chart(conf: dict) -> str:
+    hist = conf["histogram"]
+    edges, counts = hist["edges"], hist["counts"]
+    fig = Figure(figsize=(9, 2.8))
+    ax = fig.subplots()
+    colours = ["#c62828" if e < conf["threshold"] else "#4f6bed" for e in edges[:-1]]
+    ax.bar(edges[:-1], counts, width=edges[1] - edges[0], align="edge", color=colours, edgecolor="white")
+    ax.axvline(conf["threshold"], color="#1f2328", linestyle="--", linewidth=1)
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("top-1 probability (red: below the low-confidence threshold)")
+    ax.set_ylabel("predictions")
+    ax.spines[["top", "right"]].set_visible(False)
+    return _png(fig)
+
+
+def _thumbnail(path: str | None) -> str:
+    if not path or not Path(path).is_file():
+        return ""
+    try:
+        from ..data.decode import decode_pil
+
+        img = decode_pil(Path(path).read_bytes())
+        img.thumbnail((THUMB_PX, THUMB_PX))
+        buf = io.BytesIO()
+        img.save(buf, format="PNG")
+    except Exception:  # a thumbnail is decoration: an unreadable stored file just shows none
+        return ""
+    return f'<img class="thumb" alt="" src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}">'
+
+
+def _when(iso: str) -> str:
+    return html.escape(iso[:16].replace("T", " "))
+
+
+def _least_confident_rows(items: list[dict]) -> str:
+    rows = []
+    for it in items:
+        alts = ", ".join(f"{html.escape(str(p['label']))} {p['probability']:.0%}" for p in it["topk"][1:4])
+        name = Path(it["stored_path"]).name if it["stored_path"] else ""
+        stored = f'<code title="{html.escape(name)}">{html.escape(name[:12])}…{html.escape(Path(name).suffix)}</code>' \
+            if name else "not stored"
+        prob = "—" if it["probability"] is None else f"{it['probability']:.1%}"
+        rows.append(f"<tr><td>{_thumbnail(it['stored_path'])}</td><td><b>{html.escape(str(it['label']))}</b>"
+                    f"</td><td>{prob}</td><td class=muted>{alts}</td><td>{it['width']}×{it['height']}</td>"
+                    f"<td class=muted>{_when(it['time'])}</td><td>{stored}</td></tr>")
+    return "\n".join(rows)
+
+
+def render_html(report: dict, meta: dict) -> str:
+    drift, conf = report["drift"], report["confidence"]
+    e = html.escape
+    colour = LEVEL_COLOURS[drift["level"]]
+    relabel = report.get("relabel")
+    relabel_html = "" if not relabel else (
+        f"<p>Copied {relabel['copied']} low-confidence inputs into <code>{e(relabel['dir'])}</code> "
+        f"({relabel['already_there']} already there, {relabel['not_stored']} not stored). Move each file to its "
+        "correct class folder, then add the folder to the training data.</p>")
+    mean = "—" if conf["mean"] is None else f"{conf['mean']:.1%}"
+    return f"""<!doctype html><html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width,initial-scale=1"><title>picstory monitor · {e(meta['arch'])}</title>
+<style>{CSS}</style></head><body><main>
+<h1>Monitoring: {e(meta['arch'])}</h1>
+<div class=muted>run <code>{e(report['run'])}</code> · log <code>{e(report['log'])}</code> ·
+model sha256 <code>{e(meta['sha256'][:16])}</code></div>
+<div class="card grid">
+<div class=stat><b>{report['predictions']}</b>predictions</div>
+<div class=stat><b class=small>{_when(report['first'])}</b>first (UTC)</div>
+<div class=stat><b class=small>{_when(report['last'])}</b>last (UTC)</div>
+<div class=stat><b>{mean}</b>mean confidence</div>
+<div class=stat><b>{conf['below_threshold']}</b>below {conf['threshold']:.0%} confidence</div>
+</div>
+<h2>Drift of the predicted classes</h2>
+<div class=card><p>Population stability index <b>{drift['psi']:.3f}</b>
+<span class=badge style="background:{colour}">{e(drift['level'])}</span>
+<span class=muted>({e(drift['reading'])})</span></p>
+<p class=muted>Training distribution: {e(report['training_distribution_source'])}.
+{report['other_models_rows']} logged rows from other models were left out.</p>
+<img class=chart alt="predicted vs training class distribution" src="{_distribution_chart(report['class_distribution'])}">
+</div>
+<h2>Predictions over time (per {e(report['over_time']['unit'])}, UTC)</h2>
+<div class=card><img class=chart alt="predictions over time" src="{_over_time_chart(report['over_time'])}"></div>
+<h2>Confidence</h2>
+<div class=card><img class=chart alt="confidence histogram" src="{_confidence_chart(conf)}">{relabel_html}</div>
+<h2>Least confident inputs</h2>
+<div class=card><table><tr><th></th><th>predicted</th><th>probability</th><th>next guesses</th><th>size</th>
+<th>time</th><th>stored file</th></tr>
+{_least_confident_rows(report['least_confident'])}
+</table></div>
+</main></body></html>
+"""

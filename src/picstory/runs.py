@@ -1,0 +1,85 @@
+"""Run directories: unique names (never overwritten), listing, summary."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+from .errors import UserError
+
+
+def slug(text: str) -> str:
+    text = re.sub(r"^builtin:", "", text.strip().rstrip("/\\"))
+    text = Path(text).stem if ("/" in text or "\\" in text or "." in text) else text
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-").lower() or "run"
+
+
+def create_run_dir(out: str | Path, name: str) -> Path:
+    """Make ``out/name`` (or name-2, name-3, …). ``os.mkdir`` is atomic, so two runs started at once with the
+    same name get two different directories."""
+    out = Path(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create the output folder {out}: {e.strerror}; choose another with --out") from None
+    if not os.access(out, os.W_OK):
+        raise UserError(f"output folder {out} is not writable; choose another with --out")
+    for i in range(1, 10_000):
+        path = out / (name if i == 1 else f"{name}-{i}")
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            continue
+        except OSError as e:
+            raise UserError(f"cannot create {path}: {e.strerror}; choose another folder with --out") from None
+    raise UserError(f"too many runs named {name} in {out}; choose another --name")
+
+
+def find_run(run: str | Path) -> Path:
+    path = Path(run)
+    if not path.is_dir():
+        candidates = [Path("runs") / run] if not path.is_absolute() else []
+        path = next((c for c in candidates if c.is_dir()), path)
+    if not path.is_dir():
+        raise UserError(f"run not found: {run} (give a run directory such as runs/NAME; `picstory runs` lists them)")
+    if not (path / "config.yaml").is_file() and not (path / "model" / "model.json").is_file():
+        raise UserError(f"{path} is not a picstory run directory (no config.yaml or model/model.json)")
+    return path
+
+
+def read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def list_runs(root: str | Path = "runs") -> list[dict]:
+    """One dict per run under root (recursively, so sweep cells are listed too)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise UserError(f"no runs folder at {root}; train a model first or pass the folder holding runs")
+    rows = []
+    for cfg in sorted(root.rglob("config.yaml")):
+        run = cfg.parent
+        summary = read_json(run / "summary.json")
+        import yaml
+
+        try:
+            config = yaml.safe_load(cfg.read_text()) or {}
+        except Exception:
+            config = {}
+        train = config.get("train", {})
+        rows.append({
+            "name": str(run.relative_to(root)), "data": config.get("data", {}).get("data", ""),
+            "model": summary.get("model") or config.get("model", {}).get("model", ""),
+            "optimizer": train.get("optimizer", ""), "lr": summary.get("lr", train.get("lr", "")),
+            "best_val": summary.get("val_accuracy"), "test": summary.get("test_accuracy"),
+            "epochs": summary.get("epochs_run"), "seconds": summary.get("train_seconds"),
+            "status": summary.get("stop_reason", "running or interrupted"),
+            "date": summary.get("finished", ""),
+        })
+    return rows

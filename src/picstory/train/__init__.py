@@ -1,0 +1,1 @@
+"""Training: the fit loop, callbacks, optimizers and schedules, checkpoints, presets."""

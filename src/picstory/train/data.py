@@ -1,0 +1,235 @@
+"""From a split source to what the fit loop needs: cached uint8 tensors, batch iterators, the model and its
+normalisation, class weights, and the data facts the report and the doctor read (data.json)."""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from .. import config as C
+from ..data.sources import Source
+from ..errors import ConfigError, UnusableDataError
+from .distributed import Dist, barrier
+
+
+@dataclass
+class Split:
+    images: torch.Tensor  # uint8 N×C×H×W (channels_last storage), on CPU
+    labels: torch.Tensor  # int64 N
+    paths: list[str]
+
+
+@dataclass
+class TrainData:
+    classes: list[str]
+    splits: dict[str, Split]
+    model: torch.nn.Module
+    pretrained: bool
+    mean: tuple
+    std: tuple
+    train_batches: object
+    val_batches: object
+    loss_weight: torch.Tensor | None
+    data_summary: dict
+    params: int
+    save_bundle: Callable = field(repr=False, default=None)
+
+    @property
+    def n_train(self) -> int:
+        return len(self.splits["train"].labels)
+
+
+def load_train_data(cfg: C.Config, source: Source, splits: dict[str, list[int]], device: torch.device, dist: Dist,
+                    progress: bool) -> TrainData:
+    from ..data.batches import BatchIterator, compute_mean_std
+
+    classes = source.classes
+    parts, bad = _load_splits(cfg, source, splits, dist, progress)
+    if not len(parts["val"].labels):
+        raise ConfigError("the validation split is empty: set --val-fraction above 0 or add a val/ folder")
+    model, pretrained = _create_model(cfg, len(classes), parts["train"].images.shape[1])
+    _check_input_sizes(model, cfg, parts["train"].images.shape[1])
+    if pretrained or cfg.model.weights:
+        mean, std = _model_norm(model, parts["train"].images.shape[1])
+    else:
+        mean, std = compute_mean_std(parts["train"].images)
+    t = cfg.train
+    train, val = parts["train"], parts["val"]
+    counts = torch.bincount(train.labels, minlength=len(classes)).float()
+    loss_weight = None
+    if t.class_weights == "auto":
+        loss_weight = (counts.sum() / (len(classes) * counts.clamp(min=1))).to(device)
+    sample_weights = (1.0 / counts.clamp(min=1))[train.labels] if t.balanced_sampling else None
+    batch = min(t.batch_size, len(train.labels))
+    on_device = _maybe_to_device(train.images, device), _maybe_to_device(val.images, device)
+    train_batches = BatchIterator(on_device[0], train.labels.to(on_device[0].device), batch, mean, std,
+                                  augment=cfg.augment, shuffle=True, drop_last=len(train.labels) > batch,
+                                  seed=t.seed, rank=dist.rank, world_size=dist.world_size, device=device,
+                                  sample_weights=sample_weights, size=cfg.data.img_size, num_classes=len(classes))
+    val_batches = BatchIterator(on_device[1], val.labels.to(on_device[1].device), cfg.eval.eval_batch_size, mean,
+                                std, augment=None, shuffle=False, drop_last=False, seed=t.seed, rank=dist.rank,
+                                world_size=dist.world_size, device=device, size=cfg.data.img_size,
+                                num_classes=len(classes))
+    model = model.to(device, memory_format=torch.channels_last)
+    td = TrainData(classes=classes, splits=parts, model=model, pretrained=pretrained, mean=mean, std=std,
+                   train_batches=train_batches, val_batches=val_batches, loss_weight=loss_weight,
+                   data_summary=_data_summary(source, classes, parts, bad),
+                   params=sum(p.numel() for p in model.parameters()))
+    td.save_bundle = _bundle_saver(cfg, source, td)
+    return td
+
+
+def _load_splits(cfg: C.Config, source: Source, splits: dict[str, list[int]], dist: Dist,
+                 progress: bool) -> tuple[dict[str, Split], list]:
+    from ..data.cache import load_images
+
+    sizes = [cfg.data.img_size] + [int(s) for s in cfg.train.progressive.split(",") if s]
+    size = max(sizes)
+    order = splits["train"] + splits["val"] + splits["test"]
+    if cfg.data.limit_per_class:
+        order = _limit(source, splits, cfg.data.limit_per_class) + splits["val"] + splits["test"]
+    # rank 0 fills the cache; the others then read it (a cache hit) instead of decoding the same files
+    if not dist.is_main:
+        barrier(dist)
+    cached = load_images(source, order, size, int(cfg.data.channels), cfg.data.fit,
+                         progress=progress and dist.is_main)
+    if dist.is_main:
+        barrier(dist)
+    bad = cached.bad
+    if len(bad) > cfg.data.max_bad_fraction * len(order):
+        examples = "; ".join(f"{p}: {r}" for p, r in bad[:3])
+        raise UnusableDataError(f"{len(bad)} of {len(order)} images cannot be decoded (more than "
+                                f"{cfg.data.max_bad_fraction:.0%}), e.g. {examples}; run `picstory data check "
+                                f"{cfg.data.data}` for the list, or raise --max-bad-fraction")
+    if bad and dist.is_main:
+        print(f"warning: skipped {len(bad)} unreadable image(s), e.g. {bad[0][0]}: {bad[0][1]}", file=sys.stderr)
+    index = {cls: i for i, cls in enumerate(source.classes)}
+    row_of = {rec_i: row for row, rec_i in enumerate(order)}
+    parts = {}
+    for name, idx in splits.items():
+        idx = [i for i in idx if i in row_of and cached.ok[row_of[i]]]
+        rows = np.array([row_of[i] for i in idx], dtype=np.int64)
+        arr = np.ascontiguousarray(cached.images[rows]) if len(rows) else np.zeros((0, size, size, 1), np.uint8)
+        images = torch.from_numpy(arr).permute(0, 3, 1, 2)  # NHWC storage = channels_last NCHW view
+        labels = torch.tensor([index[source.records[i].label] for i in idx], dtype=torch.long)
+        parts[name] = Split(images, labels, [source.display_path(source.records[i]) for i in idx])
+    return parts, bad
+
+
+def _limit(source: Source, splits: dict[str, list[int]], n: int) -> list[int]:
+    seen: Counter = Counter()
+    out = []
+    for i in splits["train"]:
+        label = source.records[i].label
+        if seen[label] < n:
+            seen[label] += 1
+            out.append(i)
+    splits["train"] = out
+    return out
+
+
+def _create_model(cfg: C.Config, num_classes: int, in_chans: int) -> tuple[torch.nn.Module, bool]:
+    from ..models import create_model, has_pretrained, load_weights
+
+    m = cfg.model
+    pretrained = bool(m.pretrained and not m.weights and has_pretrained(m.model))
+    try:
+        model = create_model(m.model, num_classes, in_chans=in_chans, pretrained=pretrained,
+                             img_size=cfg.data.img_size, drop_rate=m.drop_rate)
+    except (ValueError, RuntimeError) as e:
+        raise ConfigError(f"cannot build model '{m.model}' for {cfg.data.img_size} px: {e}; "
+                          "choose a larger --img-size or another --model") from None
+    if m.weights:
+        load_weights(model, m.weights)
+    return model, pretrained
+
+
+def _check_input_sizes(model: torch.nn.Module, cfg: C.Config, in_chans: int) -> None:
+    """One tiny forward pass per training size, so a size the model cannot take fails before epoch 1."""
+    sizes = sorted({cfg.data.img_size, *(int(s) for s in cfg.train.progressive.split(",") if s)})
+    model.eval()
+    for size in sizes:
+        try:
+            with torch.no_grad():
+                model(torch.zeros(2, in_chans, size, size))
+        except RuntimeError as e:
+            hint = ("--progressive needs a model with global pooling (e.g. picnet-s)" if len(sizes) > 1
+                    else "choose a larger --img-size")
+            raise ConfigError(f"model '{cfg.model.model}' cannot take {size}×{size} px input: {hint} "
+                              f"({str(e).splitlines()[0][:120]})") from None
+    model.train()
+
+
+def _model_norm(model: torch.nn.Module, in_chans: int) -> tuple[tuple, tuple]:
+    pc = getattr(model, "picstory_cfg", {})
+    mean, std = tuple(pc.get("mean", (0.5,) * 3)), tuple(pc.get("std", (0.25,) * 3))
+    if in_chans == 1 and len(mean) == 3:  # a pretrained RGB net fed gray images: its filters were summed
+        mean, std = (sum(mean) / 3,), (sum(std) / 3,)
+    return mean, std
+
+
+def _maybe_to_device(images: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """On a GPU the whole uint8 split lives on the device when it fits in a quarter of free memory."""
+    if device.type != "cuda":
+        return images
+    free, _ = torch.cuda.mem_get_info(device)
+    return images.to(device) if images.numel() < free // 4 else images
+
+
+def _data_summary(source: Source, classes: list[str], parts: dict[str, Split], bad: list) -> dict:
+    counts = {name: {c: 0 for c in classes} for name in parts}
+    for name, part in parts.items():
+        for i, n in enumerate(torch.bincount(part.labels, minlength=len(classes)).tolist()):
+            counts[name][classes[i]] = n
+    train_counts = [n for n in counts["train"].values() if n]
+    return {"spec": source.spec, "kind": source.kind, "class_counts": counts,
+            "bad_files": [{"path": p, "reason": r} for p, r in bad],
+            "leaks": _leaks(parts), "duplicates": _duplicate_count(parts),
+            "imbalance_ratio": (max(train_counts) / min(train_counts)) if train_counts else None}
+
+
+def _hashes(part: Split) -> list[str]:
+    return [hashlib.blake2b(img.numpy().tobytes(), digest_size=12).hexdigest() for img in part.images]
+
+
+def _leaks(parts: dict[str, Split]) -> list[dict]:
+    """Identical pixels in more than one split: test accuracy that only measures memory."""
+    where: dict[str, list[tuple[str, str]]] = defaultdict(list)
+    for name, part in parts.items():
+        for h, path in zip(_hashes(part), part.paths):
+            where[h].append((name, path))
+    leaks = [{"paths": [p for _, p in v], "splits": [s for s, _ in v]} for v in where.values()
+             if len({s for s, _ in v}) > 1]
+    return leaks[:200]
+
+
+def _duplicate_count(parts: dict[str, Split]) -> int:
+    hashes = [h for part in parts.values() for h in _hashes(part)]
+    return len(hashes) - len(set(hashes))
+
+
+def _bundle_saver(cfg: C.Config, source: Source, td: TrainData) -> Callable:
+    from ..deploy.bundle import save_bundle
+
+    final_size = cfg.data.img_size
+    if cfg.train.progressive:
+        final_size = int(cfg.train.progressive.split(",")[-1])
+    meta = {"arch": cfg.model.model, "model_kwargs": {"drop_rate": cfg.model.drop_rate},
+            "num_classes": len(td.classes), "classes": td.classes, "in_chans": int(cfg.data.channels),
+            "img_size": final_size, "fit": cfg.data.fit, "mean": list(td.mean), "std": list(td.std),
+            "data": cfg.data.data, "data_fingerprint": source.fingerprint()}
+
+    def save(directory: Path, model: torch.nn.Module, metrics: dict) -> None:
+        save_bundle(directory, model, {**meta, "metrics": metrics})
+
+    return save
+
+
+_ = Path

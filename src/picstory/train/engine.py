@@ -1,0 +1,179 @@
+"""The fit loop. It knows batches, loss, optimizer and events — nothing about early stopping, checkpoints or bars.
+
+Callbacks hook named events (fastai style) and stop training by raising :class:`StopTraining`. The loop body fits on
+one screen on purpose (airbench style).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .optim import set_lr
+
+EVENTS = ("on_fit_start", "on_epoch_start", "on_batch_end", "on_validate_end", "on_epoch_end", "on_fit_end")
+
+
+class StopTraining(Exception):
+    """Raised by a callback to end training after the current epoch; ``reason`` lands in summary.json."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+class Callback:
+    order = 0  # lower runs first at every event
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
+@dataclass
+class Learner:
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    train_batches: Any  # BatchIterator: set_epoch(), size, __iter__, __len__
+    val_batches: Any
+    lr: float
+    schedule: Callable[[int], float]
+    epochs: int
+    num_classes: int
+    loss_weight: torch.Tensor | None = None
+    label_smoothing: float = 0.0
+    grad_clip: float = 0.0
+    autocast_dtype: torch.dtype | None = None
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    callbacks: list[Callback] = field(default_factory=list)
+    eval_model: nn.Module | None = None  # e.g. the EMA copy; defaults to model
+    is_main: bool = True  # rank 0 writes; every rank runs the same events
+    # state
+    epoch: int = 0  # epochs completed
+    step: int = 0
+    metrics: dict = field(default_factory=dict)
+    history: list[dict] = field(default_factory=list)
+    stop_reason: str = "max epochs"
+
+    def emit(self, event: str) -> None:
+        """Run every callback for the event; a stop request is raised after all of them ran (so the last
+        checkpoint is still written in the epoch early stopping ends)."""
+        stop = None
+        for cb in sorted(self.callbacks, key=lambda c: c.order):
+            fn = getattr(cb, event, None)
+            if fn is None:
+                continue
+            try:
+                fn(self)
+            except StopTraining as s:
+                stop = stop or s
+        if stop is not None:
+            raise stop
+
+    def autocast(self):
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+    def loss_fn(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits.float(), y, weight=self.loss_weight, label_smoothing=self.label_smoothing)
+
+    def fit(self) -> None:
+        self.emit("on_fit_start")
+        try:
+            while self.epoch < self.epochs:
+                self.emit("on_epoch_start")
+                start = time.perf_counter()
+                train_loss, train_acc = self.train_epoch()
+                val = self.validate()
+                self.epoch += 1
+                self.metrics = {"epoch": self.epoch, "img_size": self.train_batches.size,
+                                "lr": self.optimizer.param_groups[-1]["lr"], "train_loss": train_loss,
+                                "train_acc": train_acc, **val, "seconds": time.perf_counter() - start}
+                self.emit("on_validate_end")
+                self.history.append({k: v for k, v in self.metrics.items() if k != "confusion"})
+                self.emit("on_epoch_end")
+        except StopTraining as stop:
+            self.stop_reason = stop.reason
+        self.emit("on_fit_end")
+
+    def train_epoch(self) -> tuple[float, float]:
+        model, opt = self.model, self.optimizer
+        model.train()
+        self.train_batches.set_epoch(self.epoch)
+        # running sums stay on the device: no host sync per step on a GPU
+        loss_sum = torch.zeros((), device=self.device)
+        correct = torch.zeros((), device=self.device)
+        seen = 0
+        for x, y in self.train_batches:
+            set_lr(opt, self.lr * self.schedule(self.step))
+            with self.autocast():
+                logits = model(x)
+            loss = self.loss_fn(logits, y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if self.grad_clip > 0:
+                nn.utils.clip_grad_norm_(model.parameters(), self.grad_clip)
+            opt.step()
+            self.step += 1
+            hard = y if y.ndim == 1 else y.argmax(1)
+            loss_sum += loss.detach() * len(y)
+            correct += (logits.detach().argmax(1) == hard).sum()
+            seen += len(y)
+            self.batch_loss = loss.detach()
+            self.emit("on_batch_end")
+        seen = max(seen, 1)
+        return _reduce_mean(loss_sum, seen), _reduce_mean(correct, seen)
+
+    @torch.inference_mode()
+    def validate(self) -> dict:
+        model = self.eval_model or self.model
+        model.eval()
+        k = self.num_classes
+        confusion = torch.zeros(k, k, dtype=torch.long, device=self.device)
+        loss_sum = torch.zeros((), device=self.device)
+        n = 0
+        self.val_batches.size = self.train_batches.size
+        for x, y in self.val_batches:
+            with self.autocast():
+                logits = model(x)
+            loss_sum += F.cross_entropy(logits.float(), y, reduction="sum")
+            confusion += torch.bincount(y * k + logits.argmax(1), minlength=k * k).view(k, k)
+            n += len(y)
+        confusion = _all_reduce(confusion)
+        total = int(confusion.sum())
+        return {"val_loss": _reduce_mean(loss_sum, n), "val_acc": float(confusion.diag().sum()) / max(total, 1),
+                "confusion": confusion.cpu().tolist()}
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "step": self.step, "lr": self.lr, "history": self.history,
+                "callbacks": {type(cb).__name__: cb.state_dict() for cb in self.callbacks}}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self.step, self.lr = int(state["epoch"]), int(state["step"]), float(state["lr"])
+        self.history = list(state["history"])
+        for cb in self.callbacks:
+            cb.load_state_dict(state["callbacks"].get(type(cb).__name__, {}))
+
+
+def _all_reduce(t: torch.Tensor) -> torch.Tensor:
+    """Sum over ranks under torchrun; identity in a single process."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.all_reduce(t)
+    return t
+
+
+def _reduce_mean(total: torch.Tensor, count: int) -> float:
+    t = torch.stack([total.float(), torch.tensor(float(count), device=total.device)])
+    t = _all_reduce(t)
+    value = float(t[0] / t[1]) if float(t[1]) else math.nan
+    return value

@@ -1,0 +1,30 @@
+"""Recipe presets: values a preset sets unless the user set them. Chosen by measurement (bench/README.md)."""
+
+from __future__ import annotations
+
+# Small images (≤ 64 px: MNIST-like, icons, thumbnails) train a fast residual net from scratch.
+SMALL = {
+    "fast": {"model": "picnet-s", "epochs": 4, "batch_size": 256, "lr": "4e-3"},
+    "default": {"model": "picnet-m", "epochs": 12, "batch_size": 256, "lr": "3e-3"},
+    "best": {"model": "picnet-l", "epochs": 20, "batch_size": 256, "lr": "3e-3", "erase": 0.25},
+}
+# Photos fine-tune a pretrained network: a frozen-backbone warm-up of the new head, then everything.
+PHOTO = {
+    "fast": {"model": "efficientnet_lite0", "epochs": 3, "batch_size": 32, "lr": "1e-3", "rrc_scale": 0.35,
+             "freeze_epochs": 1, "weight_decay": 0.01},
+    "default": {"model": "efficientnet_lite0", "epochs": 8, "batch_size": 32, "lr": "1e-3", "rrc_scale": 0.35,
+                "freeze_epochs": 1, "weight_decay": 0.01},
+    "best": {"model": "efficientnet_lite0", "epochs": 15, "batch_size": 32, "lr": "1e-3", "rrc_scale": 0.25,
+             "freeze_epochs": 1, "weight_decay": 0.01, "ema": 0.999},
+}
+SMALL_MAX_PX = 64
+
+
+def preset_values(preset: str, img_size: int) -> dict:
+    table = SMALL if img_size <= SMALL_MAX_PX else PHOTO
+    return dict(table[preset])
+
+
+def photo_size(median_short_side: float) -> int:
+    """Training size for photos: 224 (the pretrained size) unless the images are smaller, in steps of 32."""
+    return int(max(64, min(224, 32 * round(median_short_side / 32))))

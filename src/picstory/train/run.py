@@ -1,0 +1,276 @@
+"""``picstory train``: config → data → model → fit → evaluate → bundle + report, in one run directory."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import platform
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .. import __version__, config as C
+from ..data import sources
+from ..data.split import manifest_csv, read_manifest, split_source
+from ..errors import ConfigError, UserError
+from ..runs import create_run_dir, find_run, read_json, slug
+from . import callbacks as cbs
+from .checkpoint import atomic_write, load_checkpoint, seed_everything, set_rng_state
+from .data import TrainData, load_train_data
+from .distributed import Dist, barrier, broadcast_object, setup, teardown
+from .engine import Learner
+from .optim import build_optimizer, make_schedule, param_groups
+from .presets import photo_size, preset_values
+
+
+@dataclass
+class Run:
+    path: Path
+    summary: dict
+
+    @property
+    def predictor(self):
+        from ..deploy.predict import load
+
+        return load(self.path)
+
+
+def resolve_config(user: dict, source: sources.Source) -> C.Config:
+    """Defaults ← the preset's values for this data ← what the user set. Every 'auto' is decided here, so
+    config.yaml holds concrete values and replays the run exactly."""
+    cfg = C.from_dict(user)
+    img_size = cfg.data.img_size or _auto_img_size(source)
+    values = preset_values(cfg.train.preset, img_size)
+    values["img_size"] = img_size
+    if cfg.data.channels == "auto":
+        from ..data.cache import detect_channels
+
+        values["channels"] = str(detect_channels(source))
+    resolved = C.from_dict({**values, **user})
+    model = resolved.model.model
+    if model == "auto":
+        model = values["model"]
+    extra = {"model": model}
+    if resolved.model.freeze_epochs < 0:
+        extra["freeze_epochs"] = 0
+    return resolved.updated(**extra)
+
+
+def _auto_img_size(source: sources.Source) -> int:
+    if source.in_memory:
+        return max(16, int(source.arrays.shape[1]))
+    from ..data.decode import DecodeError, probe
+
+    sides = []
+    for rec in source.records[:: max(1, len(source.records) // 200)]:
+        try:
+            info = probe(rec.ref)
+            sides.append(min(info.width, info.height))
+        except DecodeError:
+            continue
+    side = statistics.median(sides) if sides else 224
+    return max(16, int(side)) if side <= 64 else photo_size(side)
+
+
+def train(data: str | None = None, *, config: str | Path | C.Config | None = None, resume: str | Path | None = None,
+          progress: bool = True, command: str = "", callbacks: list | None = None, **overrides) -> Run:
+    """Train a classifier; keyword arguments are config keys (``epochs=3, lr=1e-3, model='picnet-s'``).
+    ``callbacks`` adds engine callbacks (objects with on_epoch_end(learner) etc.) to the built-in ones."""
+    if resume:
+        return _resume(resume, progress=progress, command=command, callbacks=callbacks)
+    user: dict = {}
+    if isinstance(config, C.Config):
+        user.update(_flat(config))
+    elif config:
+        user.update(_flat(C.load_yaml(config)))
+    user.update({k: v for k, v in overrides.items() if v is not None})
+    if data:
+        user["data"] = data
+    if not user.get("data"):
+        raise ConfigError("no data given: picstory train DATA (a folder, a CSV, IDX files or builtin:digits)")
+    C.from_dict(user)  # fail on a bad key before touching the data
+    source = sources.resolve(user["data"], user.get("path_col", ""), user.get("label_col", ""))
+    cfg = resolve_config(user, source)
+    return _fit(cfg, source, run_dir=None, checkpoint=None, progress=progress, command=command,
+                callbacks=callbacks)
+
+
+def _flat(cfg: C.Config) -> dict:
+    return {k: C.get(cfg, k) for k in C.FIELDS}
+
+
+def _resume(run: str | Path, progress: bool, command: str, callbacks: list | None) -> Run:
+    run_dir = find_run(run)
+    cfg = C.load_yaml(run_dir / "config.yaml")
+    ckpt = load_checkpoint(run_dir / "checkpoints" / "last.pt")
+    summary = read_json(run_dir / "summary.json")
+    if summary.get("stop_reason") and summary["stop_reason"] != "interrupted":
+        raise UserError(f"{run_dir} already finished ({summary['stop_reason']}); start a new run instead")
+    source = sources.resolve(cfg.data.data, cfg.data.path_col, cfg.data.label_col)
+    if ckpt["classes"] != source.classes:
+        raise UserError(f"cannot resume {run_dir}: the classes changed ({', '.join(ckpt['classes'])} → "
+                        f"{', '.join(source.classes)})")
+    if ckpt["config"] != C.dump_yaml(cfg):
+        raise UserError(f"cannot resume {run_dir}: config.yaml differs from the checkpoint's config; "
+                        "start a new run with --config instead")
+    return _fit(cfg, source, run_dir=run_dir, checkpoint=ckpt, progress=progress, command=command,
+                callbacks=callbacks)
+
+
+def _fit(cfg: C.Config, source: sources.Source, run_dir: Path | None, checkpoint: dict | None,
+         progress: bool, command: str, callbacks: list | None = None) -> Run:
+    from ..device import pick_device, pick_precision, set_threads
+
+    t, m = cfg.train, cfg.model
+    device = pick_device(t.device)
+    threads = set_threads(t.threads)
+    dist = setup(device)
+    seed_everything(t.seed + dist.rank)
+    if run_dir is None:
+        name = cfg.run.name or f"{slug(m.model)}-{slug(cfg.data.data)}"
+        run_dir = create_run_dir(cfg.run.out, name) if dist.is_main else None
+        run_dir = Path(broadcast_object(dist, str(run_dir) if run_dir else None))
+        if dist.is_main:
+            atomic_write(run_dir / "config.yaml", C.dump_yaml(cfg))
+    if checkpoint is not None:
+        splits = read_manifest(run_dir / "split.csv", source)
+    else:
+        splits = split_source(source, cfg.data.val_fraction, cfg.data.test_fraction, t.seed)
+        if dist.is_main:
+            atomic_write(run_dir / "split.csv", manifest_csv(source, splits))
+    td = load_train_data(cfg, source, splits, device, dist, progress)
+    autocast = pick_precision(t.precision, device)
+    if dist.is_main:
+        _write_env(run_dir, cfg, device, threads, autocast, source, command)
+        atomic_write(run_dir / "data.json", json.dumps(td.data_summary, indent=1))
+    learner, model = _build_learner(cfg, td, device, autocast, dist, run_dir, progress)
+    learner.callbacks += list(callbacks or [])
+    if checkpoint is not None:
+        _restore(learner, model, checkpoint)
+    start = time.perf_counter() - (checkpoint or {}).get("train_seconds", 0.0)
+    learner.train_seconds = lambda: time.perf_counter() - start
+    interrupted = False
+    try:
+        learner.fit()
+    except KeyboardInterrupt:
+        interrupted = True
+        learner.stop_reason = "interrupted"
+    train_seconds = time.perf_counter() - start
+    barrier(dist)
+    summary = {}
+    if dist.is_main:
+        summary = _finish(run_dir, cfg, td, learner, train_seconds, device, autocast)
+        if interrupted:
+            print(f"interrupted: the last finished epoch is saved; continue with\n  picstory train --resume {run_dir}",
+                  file=sys.stderr)
+    teardown(dist)
+    if interrupted:
+        raise KeyboardInterrupt
+    return Run(path=run_dir, summary=summary)
+
+
+def _build_learner(cfg: C.Config, td: TrainData, device, autocast, dist: Dist, run_dir: Path,
+                   progress: bool) -> tuple[Learner, torch.nn.Module]:
+    from ..models import backbone_parameters, set_backbone_frozen
+
+    t, m = cfg.train, cfg.model
+    model = td.model
+    backbone = backbone_parameters(model) if m.freeze_epochs > 0 or td.pretrained else None
+    groups = param_groups(model, t.weight_decay, backbone, m.backbone_lr_mult if td.pretrained else 1.0)
+    lr = float(t.lr)
+    opt = build_optimizer(t.optimizer, groups, lr, t.momentum, t.nesterov)
+    train_model = model
+    if dist.enabled:
+        ids = [device.index] if device.type == "cuda" else None
+        train_model = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    if t.compile:
+        train_model = torch.compile(train_model)
+    steps = len(td.train_batches)
+    schedule = make_schedule(t.schedule, t.epochs * steps, int(t.warmup_epochs * steps))
+    ema_model = None
+    callbacks: list = [cbs.MetricsLog(run_dir), cbs.NaNGuard(), cbs.Progress(progress)]
+    if t.ema > 0:
+        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+        ema_model = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(t.ema), use_buffers=True)
+        callbacks.append(cbs.EMA(ema_model))
+    eval_model = ema_model
+
+    def save_best(L: Learner) -> None:
+        best = (ema_model.module if ema_model is not None else model)
+        td.save_bundle(run_dir / "model", best, {"best_epoch": L.epoch, "val_accuracy": L.metrics["val_acc"],
+                                                  "val_loss": L.metrics["val_loss"]})
+
+    callbacks.append(cbs.BestCheckpoint(save_best, t.monitor))
+    if t.patience:
+        callbacks.append(cbs.EarlyStopping(t.monitor, t.patience, t.min_delta))
+    if t.schedule == "plateau":
+        callbacks.append(cbs.PlateauLR(t.monitor))
+    if t.progressive:
+        callbacks.append(cbs.ProgressiveResize([int(s) for s in t.progressive.split(",")]))
+    if m.freeze_epochs > 0:
+        callbacks.append(cbs.FreezeBackbone(m.freeze_epochs, lambda frozen: set_backbone_frozen(model, frozen)))
+    learner = Learner(model=train_model, optimizer=opt, train_batches=td.train_batches, val_batches=td.val_batches,
+                      lr=lr, schedule=schedule, epochs=t.epochs, num_classes=len(td.classes),
+                      loss_weight=td.loss_weight, label_smoothing=t.label_smoothing, grad_clip=t.grad_clip,
+                      autocast_dtype=autocast, device=device, callbacks=callbacks, eval_model=eval_model,
+                      is_main=dist.is_main)
+    callbacks.append(cbs.LastCheckpoint(run_dir / "checkpoints" / "last.pt", lambda: {
+        "classes": td.classes, "config": C.dump_yaml(cfg), "train_seconds": learner.train_seconds()}))
+    learner.raw_model = model
+    return learner, model
+
+
+def _restore(learner: Learner, model: torch.nn.Module, ckpt: dict) -> None:
+    model.load_state_dict(ckpt["model"])
+    learner.optimizer.load_state_dict(ckpt["optimizer"])
+    if learner.eval_model is not None and "ema" in ckpt:
+        learner.eval_model.load_state_dict(ckpt["ema"])
+    learner.load_state_dict(ckpt["learner"])
+    set_rng_state(ckpt["rng"])
+    print(f"resuming after epoch {learner.epoch}", file=sys.stderr)
+
+
+def _write_env(run_dir: Path, cfg: C.Config, device, threads: int, autocast, source, command: str) -> None:
+    env = {"picstory": __version__, "torch": torch.__version__, "python": platform.python_version(),
+           "platform": platform.platform(), "device": str(device), "threads": threads,
+           "precision": str(autocast).replace("torch.", "") if autocast else "fp32",
+           "cpu_capability": torch.backends.cpu.get_cpu_capability(), "seed": cfg.train.seed,
+           "data_fingerprint": source.fingerprint(), "command": command or " ".join(sys.argv),
+           "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+    atomic_write(run_dir / "env.json", json.dumps(env, indent=1))
+
+
+def _finish(run_dir: Path, cfg: C.Config, td: TrainData, learner: Learner, train_seconds: float, device,
+            autocast) -> dict:
+    """Evaluate the best bundle on the test split, then summary.json and report.html."""
+    from ..evaluate.api import evaluate_run
+
+    best_cb = next(cb for cb in learner.callbacks if isinstance(cb, cbs.BestCheckpoint))
+    summary = {"val_accuracy": None, "best_epoch": best_cb.best_epoch, "epochs_run": learner.epoch,
+               "train_seconds": round(train_seconds, 2), "stop_reason": learner.stop_reason,
+               "classes": td.classes, "class_counts": td.data_summary["class_counts"], "model": cfg.model.model,
+               "data": cfg.data.data, "img_size": cfg.data.img_size, "params": td.params, "lr": float(cfg.train.lr),
+               "optimizer": cfg.train.optimizer, "device": str(device),
+               "precision": str(autocast).replace("torch.", "") if autocast else "fp32",
+               "images_per_second": round(td.n_train * learner.epoch / max(train_seconds, 1e-9), 1),
+               "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+    if best_cb.best_epoch:
+        row = learner.history[best_cb.best_epoch - 1]
+        summary["val_accuracy"] = row["val_acc"]
+        result = evaluate_run(run_dir, td=td, tta=cfg.eval.tta, write_report=False, summary=summary)
+        summary["test_accuracy"] = result.get("accuracy")
+    else:
+        summary["test_accuracy"] = None
+    atomic_write(run_dir / "summary.json", json.dumps(summary, indent=1))
+    from ..evaluate.api import finalize_report
+
+    finalize_report(run_dir, summary)
+    return read_json(run_dir / "summary.json") or summary
+
+
+__all__ = ["train", "Run", "resolve_config"]
