@@ -113,7 +113,8 @@ def picstory_epochs(root: Path, epochs: int, cache_dir: Path) -> list[float]:
         labels = torch.tensor([classes.index(r.label) for r in source.records])
         cached = load_images(source, range(len(source.records)), SIZE, 3, "crop", workers=0, progress=False,
                              cache_dir=cache_dir)
-        images = torch.from_numpy(cached.images).permute(0, 3, 1, 2)  # N×C×H×W view of the memmap
+        # an N×C×H×W copy: index_select on the permuted (channels-last) view of the memmap takes a slow path
+        images = torch.from_numpy(cached.images).permute(0, 3, 1, 2).contiguous()
         it = BatchIterator(images, labels, BATCH, MEAN, STD, augment=AugmentConfig(rrc_scale=0.35), shuffle=True,
                            seed=0)
         it.set_epoch(epoch)

@@ -112,11 +112,13 @@ def speed(label: str, precision: str, device: str, batch: int = 256, iters: int 
     for _ in range(2):
         step()
     sync(device)
-    t0 = time.perf_counter()
+    # one torch thread: CPU seconds (not wall seconds) are then robust to other processes on a shared machine
+    clock = time.thread_time if torch.get_num_threads() == 1 and device == "cpu" else time.perf_counter
+    t0 = clock()
     for _ in range(iters):
         step()
     sync(device)
-    return batch * iters / (time.perf_counter() - t0)
+    return batch * iters / (clock() - t0)
 
 
 def sync(device: str) -> None:
@@ -200,7 +202,9 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--precision", default="bf16", choices=("bf16", "fp32"), help="training precision")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0 = leave torch's default)")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0 = leave torch's default); 1 measures "
+                   "speed in CPU time per core, robust to a busy machine")
+    p.add_argument("--iters", type=int, default=4, help="timed steps per speed probe")
     p.add_argument("--speed-only", action="store_true")
     p.add_argument("--no-speed", action="store_true", help="skip the speed probe (GPU grids)")
     return p.parse_args(argv)
@@ -227,7 +231,7 @@ def main(argv=None) -> None:
         mflops = count_flops(model, (1, 28, 28)) / 1e6
         fp32 = bf16 = float("nan")
         if not args.no_speed:
-            fp32, bf16 = speed(label, "fp32", args.device), speed(label, "bf16", args.device)
+            fp32, bf16 = (speed(label, p, args.device, args.batch_size, args.iters) for p in ("fp32", "bf16"))
         row = f"{label:<16} {params:>9,} {mflops:>8.2f} {fp32:>10.0f} {bf16:>10.0f}"
         if args.speed_only:
             print(row, flush=True)

@@ -7,7 +7,8 @@ For each model a bundle is saved, then the real server (``serve()``, uvicorn, on
 started on a free loopback port, and ``--concurrency`` client threads send ``--requests`` single-image POSTs
 (keep-alive, one httpx client per thread) after a short warm-up. The peer is the same server with ``max_batch=1``:
 identical HTTP, decode and logging, only the model sees one image per call — the ratio is what micro-batching buys.
-Clients and server share the machine's cores, so absolute figures are a floor; compare the ratio of one run.
+Both servers run at once and are loaded in alternating rounds. Clients and servers share the machine's cores, so
+absolute figures are a floor; compare the ratio of one run.
 """
 
 from __future__ import annotations
@@ -108,7 +109,8 @@ def server(run: Path, log: Path, threads: int, **kw):
             proc.kill()
 
 
-def load(url: str, images: list[bytes], ctype: str, requests: int, concurrency: int) -> dict:
+def send(pool: ThreadPoolExecutor, url: str, images: list[bytes], ctype: str, requests: int) -> dict:
+    """``requests`` POSTs through the pool's threads (one keep-alive client per thread): latencies, codes, wall."""
     local = threading.local()
 
     def one(i: int) -> tuple[float, int]:
@@ -118,21 +120,38 @@ def load(url: str, images: list[bytes], ctype: str, requests: int, concurrency: 
         r = client.post(f"{url}/predict?top_k=1", content=images[i % len(images)], headers={"content-type": ctype})
         return time.perf_counter() - t0, r.status_code
 
-    with ThreadPoolExecutor(concurrency) as pool:
-        list(pool.map(one, range(4 * concurrency)))  # warm-up: connections, allocator, first batches
-        t0 = time.perf_counter()
-        results = list(pool.map(one, range(requests)))
-        wall = time.perf_counter() - t0
-    ms = np.array([t for t, _ in results]) * 1e3
-    codes = [c for _, c in results]
-    return {"rps": requests / wall, "p50": float(np.median(ms)), "p99": float(np.percentile(ms, 99)),
-            "ok": codes.count(200), "other": len(codes) - codes.count(200)}
+    t0 = time.perf_counter()
+    results = list(pool.map(one, range(requests)))
+    return {"ms": [t * 1e3 for t, _ in results], "codes": [c for _, c in results], "wall": time.perf_counter() - t0}
+
+
+def compare(run: Path, images: list[bytes], ctype: str, tmp: Path, args, threads: int) -> list[dict]:
+    """Both servers up at once, loaded in alternating rounds, so a burst of load from elsewhere hits both."""
+    sizes = (32, 1)
+    totals = {b: {"ms": [], "codes": [], "wall": 0.0} for b in sizes}
+    with contextlib.ExitStack() as stack, ThreadPoolExecutor(args.concurrency) as pool:
+        urls = {b: stack.enter_context(server(run, tmp / f"{run.name}-{b}.sqlite", threads, max_batch=b,
+                                              device=args.device, backend=args.backend)) for b in sizes}
+        for b in sizes:
+            send(pool, urls[b], images, ctype, 4 * args.concurrency)  # warm-up: connections, first batches
+        for _ in range(args.rounds):
+            for b in sizes:
+                r = send(pool, urls[b], images, ctype, args.requests // args.rounds)
+                totals[b] = {k: totals[b][k] + r[k] for k in r}
+    rows = []
+    for b in sizes:
+        t = totals[b]
+        rows.append({"model": run.name, "max_batch": b, "rps": len(t["ms"]) / t["wall"],
+                     "p50": float(np.median(t["ms"])), "p99": float(np.percentile(t["ms"], 99)),
+                     "ok": t["codes"].count(200), "other": len(t["codes"]) - t["codes"].count(200)})
+    return rows
 
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", default="seed-mnist-cnn,efficientnet_lite0")
-    p.add_argument("--requests", type=int, default=400)
+    p.add_argument("--requests", type=int, default=400, help="timed requests per server")
+    p.add_argument("--rounds", type=int, default=4, help="alternating rounds the requests are split into")
     p.add_argument("--concurrency", type=int, default=8)
     p.add_argument("--threads", type=int, default=0, help="torch threads in the server (0 = all cores)")
     p.add_argument("--device", default="cpu")
@@ -143,12 +162,8 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="picstory-serve-bench-") as tmp:
         for arch in [m for m in args.models.split(",") if m]:
             run, images, ctype = make_bundle(arch, Path(tmp))
-            for max_batch in (32, 1):
-                with server(run, Path(tmp) / f"{arch}-{max_batch}.sqlite", threads, max_batch=max_batch,
-                            device=args.device, backend=args.backend) as url:
-                    r = load(url, images, ctype, args.requests, args.concurrency)
-                rows.append({"model": arch, "max_batch": max_batch, **r})
-                print(f"  {arch} max_batch={max_batch}: {r['rps']:.1f} req/s", flush=True)
+            rows += compare(run, images, ctype, Path(tmp), args, threads)
+            print(f"  {arch}: done", flush=True)
     head = f"{'model':<20} {'max_batch':>9} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'200':>5} {'other':>5}"
     print("\n" + head + "\n" + "-" * len(head))
     for r in rows:
@@ -158,8 +173,9 @@ def main(argv: list[str] | None = None) -> None:
         a, b = [r for r in rows if r["model"] == arch]
         print(f"{arch}: micro-batching {a['rps'] / b['rps']:.2f}× the req/s of max_batch=1, "
               f"p99 {a['p99']:.0f} vs {b['p99']:.0f} ms")
-    print(f"\n{args.requests} requests, {args.concurrency} client threads, loopback, server torch threads {threads}, "
-          f"device {args.device}, backend {args.backend}; 1 uvicorn worker")
+    print(f"\n{args.requests} requests per server in {args.rounds} alternating rounds, {args.concurrency} client "
+          f"threads, loopback, server torch threads {threads}, device {args.device}, backend {args.backend}, "
+          "1 uvicorn worker")
 
 
 if __name__ == "__main__":

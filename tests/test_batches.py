@@ -253,3 +253,18 @@ def test_cuda_batches_match_cpu():
         assert gpu[0].is_cuda and gpu[0].is_contiguous(memory_format=torch.channels_last)
         torch.testing.assert_close(gpu[0].cpu(), cpu[0], atol=1e-3, rtol=0)
         torch.testing.assert_close(gpu[1].cpu(), cpu[1])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_hot_loop_never_waits_for_the_gpu():
+    x, y = images(n=32, c=3, h=16, w=16).cuda(), (torch.arange(32) % 4).cuda()
+    cfg = AugmentConfig(hflip=0.5, vflip=0.5, rrc_scale=0.5, rotate_deg=10, brightness=0.3, contrast=0.3, erase=0.5,
+                        mixup=0.2, cutmix=1.0)
+    for aug in (AugmentConfig(), cfg):
+        it = BatchIterator(x, y, 8, (0.4,) * 3, (0.2,) * 3, augment=aug, size=12, device="cuda")
+        torch.cuda.set_sync_debug_mode("error")  # any host-device synchronisation raises
+        try:
+            batches = list(it)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        assert len(batches) == 4

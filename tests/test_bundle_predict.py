@@ -6,6 +6,7 @@ import csv
 import importlib.util
 import io
 import json
+import stat
 
 import numpy as np
 import pytest
@@ -80,6 +81,27 @@ def test_bundle_holds_no_pickle(run_dir):
     for key in ("sha256", "created", "picstory_version", "format", "metrics", "data_fingerprint"):
         assert key in meta
     assert not list(run_dir.glob(".*tmp*")), "temporary files left next to the bundle"
+    # the same permissions a plain mkdir/open would give (temp files are created private)
+    (run_dir / "ref").mkdir()
+    (run_dir / "ref.txt").write_text("")
+    assert stat.S_IMODE((run_dir / "model").stat().st_mode) == stat.S_IMODE((run_dir / "ref").stat().st_mode)
+    for name in files:
+        assert stat.S_IMODE((run_dir / "model" / name).stat().st_mode) == \
+            stat.S_IMODE((run_dir / "ref.txt").stat().st_mode)
+
+
+def test_compiled_model_saves_plain_keys(tmp_path):
+    _, model = make_bundle(tmp_path / "a")
+
+    class Wrapper(torch.nn.Module):  # stands in for torch.compile's OptimizedModule (weights under _orig_mod)
+        def __init__(self, inner):
+            super().__init__()
+            self._orig_mod = inner
+
+    meta = json.loads((tmp_path / "a" / "model.json").read_text())
+    save_bundle(tmp_path / "b", Wrapper(model), meta)
+    loaded, _ = load_bundle(tmp_path / "b")
+    assert torch.equal(loaded.conv1.weight, model.conv1.weight)
 
 
 def test_save_replaces_existing_bundle_atomically(tmp_path):
@@ -198,6 +220,11 @@ def test_load_rejects_an_unknown_target(tmp_path):
         load("no-such-model-name")
     with pytest.raises(UserError, match="backend"):
         load(tmp_path, backend="tensorrt")
+
+
+def test_unknown_tta_is_a_user_error(run_dir, tmp_path):
+    with pytest.raises(UserError, match="mirror"):
+        load(run_dir).predict([write_png(tmp_path / "a.png")], tta="mirror")
 
 
 # ---- inputs and output formats -----------------------------------------------------------------------------------

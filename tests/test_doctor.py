@@ -101,6 +101,16 @@ def test_confused_pair_and_its_share_of_errors() -> None:
     assert doctor.check_confused_pairs({"eval": {"confusion": even, "classes": classes}}) is None
 
 
+def test_a_catch_all_class_is_reported_instead_of_its_pairs() -> None:
+    classes = ["a", "b", "c", "d"]
+    cm = [[10, 8, 0, 0], [0, 18, 0, 0], [0, 7, 11, 1], [0, 9, 0, 9]]  # 24 of 25 errors are predictions of "b"
+    run = {"eval": {"confusion": cm, "classes": classes}, "summary": {"epochs_run": 6}}
+    f = doctor.check_catch_all(run)
+    assert f is not None and f.facts["class"] == "b" and f.facts["share"] == pytest.approx(24 / 25)
+    assert "--epochs 12" in f.next_steps[0]
+    assert doctor.check_confused_pairs(run) is None
+
+
 def test_imbalance_with_a_weak_rare_class() -> None:
     per_class = [{"class": "common", "recall": 0.95, "support": 50}, {"class": "other", "recall": 0.93, "support": 50},
                  {"class": "rare", "recall": 0.40, "support": 5}]

@@ -95,6 +95,7 @@ def test_torchscript_export_passes_parity(bundle, images):
     assert record["parity"]["passed"] and record["file"] == "model.torchscript.pt"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # TorchScript is deprecated but still loads
+        warnings.simplefilter("ignore", DeprecationWarning)
         module = torch.jit.load(str(bundle / "model.torchscript.pt"))
     model, meta = load_bundle(bundle)
     x = torch.randn(7, 1, 28, 28)

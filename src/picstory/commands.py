@@ -77,8 +77,15 @@ def cmd_predict(args: argparse.Namespace, argv: list[str]) -> int:
 
 def cmd_export(args: argparse.Namespace, argv: list[str]) -> int:
     from .deploy.export import export
+    from .evaluate.api import test_images
+    from .runs import find_run
 
-    export(args.run, fmt=args.format, opset=args.opset, dynamic_batch=args.dynamic_batch)
+    run = find_run(args.run)
+    try:
+        images = test_images(run) if (run / "split.csv").is_file() else None
+    except UserError:
+        images = None  # the data moved away: the check still runs on seeded synthetic inputs
+    export(run, fmt=args.format, opset=args.opset, dynamic_batch=args.dynamic_batch, parity_images=images)
     return 0
 
 

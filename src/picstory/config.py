@@ -74,7 +74,7 @@ class TrainConfig:
     batch_size: int = opt(0, "images per step (0 = preset's choice)", min=0)
     optimizer: str = opt("adamw", "optimizer", choices=("sgd", "sgd-momentum", "adam", "adamw", "adamax",
                                                          "rmsprop", "adagrad"))
-    lr: str = opt("auto", "peak learning rate, or auto (preset's value; `lr-find` to search)")
+    lr: str = opt("preset", "peak learning rate; preset = the preset's value; auto = run the LR finder first")
     weight_decay: float = opt(0.05, "decoupled weight decay (not applied to norms and biases)", min=0.0)
     momentum: float = opt(0.9, "momentum for sgd-momentum and rmsprop", min=0.0, max=1.0)
     nesterov: bool = opt(True, "Nesterov momentum for sgd-momentum")
@@ -184,12 +184,12 @@ def coerce(key: str, value: Any) -> Any:
         raise ConfigError(f"'{key}' must be ≥ {meta['min']}, got {value}")
     if meta.get("max") is not None and value > meta["max"]:
         raise ConfigError(f"'{key}' must be ≤ {meta['max']}, got {value}")
-    if key == "lr" and value != "auto":
+    if key == "lr" and value not in ("auto", "preset"):
         try:
             if float(value) <= 0:
                 raise ValueError
         except ValueError:
-            raise ConfigError(f"'lr' must be a positive number or auto, got {value!r}") from None
+            raise ConfigError(f"'lr' must be a positive number, preset or auto, got {value!r}") from None
     if key == "progressive" and value:
         try:
             sizes = [int(s) for s in value.split(",")]

@@ -5,10 +5,10 @@ dicts) that returns one :class:`Finding` or ``None``.
 
 Ordering rule — the first finding's first command is "the next step":
 1. severity: problem > warning > info;
-2. then the order of :data:`RULES`, which encodes the expected gain: a run that diverged or spikes must be fixed
+2. then the order of :data:`KIND_ORDER`, which encodes the expected gain: a run that diverged or spikes must be fixed
    before anything else is measurable; a leak makes the test figure itself untrustworthy; then recipe fixes that
    are one flag away and usually move accuracy most (under-/overfitting); then fixes aimed at specific classes
-   (imbalance, weak classes, confused pairs); then data clean-ups;
+   (imbalance, weak classes, a catch-all class, confused pairs); then data clean-ups;
 3. then the finding's own estimated gain (``facts["gain"]``, a fraction of accuracy where it can be estimated).
 """
 
@@ -99,10 +99,13 @@ def data_spec(run: Mapping) -> str:
     return str((run.get("summary") or {}).get("data") or cfg_value(run, "data", "data") or "DATA")
 
 
-def train_cmd(run: Mapping, *flags: str) -> str:
-    """``picstory train DATA --config RUN/config.yaml FLAGS``: the same recipe with only the named changes."""
+def train_cmd(run: Mapping, *flags: str, same_recipe: bool = True) -> str:
+    """``picstory train DATA --config RUN/config.yaml FLAGS``: the same recipe with only the named changes.
+
+    config.yaml holds resolved values (image size, LR, epochs), so a new model or preset gets ``same_recipe=False``
+    and lets picstory choose them afresh."""
     parts = ["picstory", "train", shlex.quote(data_spec(run))]
-    if run.get("dir"):
+    if run.get("dir") and same_recipe:
         parts += ["--config", shlex.quote(str(Path(run["dir"]) / "config.yaml"))]
     return " ".join(parts + list(flags))
 
@@ -243,8 +246,9 @@ def check_underfitting(run: Mapping) -> Finding | None:
         return None
     best = vl.index(min(vl))
     stopped_by_limit = str(s.get("stop_reason") or "max epochs").startswith("max epochs")
-    improving = (len(rows) >= 3 and best >= len(rows) - 2 and stopped_by_limit
-                 and (vl[-3] - vl[-1]) / vl[-3] >= 0.02)
+    # ≥ 5 % over the last three epochs: a one-cycle schedule's annealing tail gives a percent or two for free
+    w = min(4, len(rows))
+    improving = len(rows) >= 3 and best >= len(rows) - 2 and stopped_by_limit and (vl[-w] - vl[-1]) / vl[-w] >= 0.05
     low_fit = ta[-1] < 0.9 and ta[-1] - va[-1] < 0.05
     if not (improving or low_fit):
         return None
@@ -253,8 +257,8 @@ def check_underfitting(run: Mapping) -> Finding | None:
         text.append(f"Even on its training images the model reaches only {_pct(ta[-1])} accuracy (validation "
                     f"{_pct(va[-1])}): it is too small or trained too briefly to fit the data.")
     if improving:
-        text.append(f"Validation loss was still falling when training hit the epoch limit ({vl[-3]:.2f} at "
-                    f"epoch {e[-3]} → {vl[-1]:.2f} at epoch {e[-1]}): more epochs will likely help.")
+        text.append(f"Validation loss was still falling when training hit the epoch limit ({vl[-w]:.2f} at "
+                    f"epoch {e[-w]} → {vl[-1]:.2f} at epoch {e[-1]}): more epochs will likely help.")
     epochs = int(s.get("epochs_run") or len(rows))
     steps = [train_cmd(run, f"--epochs {2 * epochs}")]
     lr = _peak_lr(run)
@@ -262,7 +266,7 @@ def check_underfitting(run: Mapping) -> Finding | None:
         steps.append(train_cmd(run, f"--lr {3 * lr:.2g}"))
     model = str(s.get("model") or cfg_value(run, "model", "model") or "")
     if low_fit:
-        steps.append(train_cmd(run, f"--model {BIGGER_MODEL.get(model, PRETRAINED)}"))
+        steps.append(train_cmd(run, f"--model {BIGGER_MODEL.get(model, PRETRAINED)}", same_recipe=False))
     return Finding("underfitting", "problem" if low_fit else "warning",
                    "Underfitting: the model has not learned all it can" if low_fit else "Still learning when stopped",
                    " ".join(text), steps, {"gain": 1 - ta[-1] if low_fit else 0.5 * (1 - va[-1])})
@@ -316,7 +320,7 @@ def _overfit_steps(run: Mapping, best_epoch: int) -> list[str]:
         steps.append(train_cmd(run, "--patience 3", f"--epochs {best_epoch + 3}"))
     model = str((run.get("summary") or {}).get("model") or cfg_value(run, "model", "model") or "")
     if model != PRETRAINED and size >= 64:
-        steps.append(train_cmd(run, f"--model {PRETRAINED}"))
+        steps.append(train_cmd(run, f"--model {PRETRAINED}", same_recipe=False))
     return steps
 
 
@@ -383,21 +387,51 @@ def check_weak_classes(run: Mapping, target: float | None) -> Finding | None:
                    steps, {"classes": weak, "gain": target - recalls[weak[0]]})
 
 
+def _catch_all(cm: list[list[float]], limit: float = 0.5) -> tuple[int, float] | None:
+    """The predicted class that absorbs at least ``limit`` of all errors, and its share."""
+    k = len(cm)
+    errors = sum(cm[i][j] for i in range(k) for j in range(k) if i != j)
+    wrong_as = [sum(cm[i][j] for i in range(k) if i != j) for j in range(k)]
+    j = max(range(k), key=wrong_as.__getitem__) if k else 0
+    return (j, wrong_as[j] / errors) if k >= 3 and errors >= 5 and wrong_as[j] >= limit * errors else None
+
+
+def check_catch_all(run: Mapping) -> Finding | None:
+    cm, where = run_confusion(run)
+    classes = run_classes(run)
+    found = _catch_all(cm) if len(classes) == len(cm) else None
+    if not found:
+        return None
+    j, share = found
+    c = classes[j]
+    steps = [train_cmd(run, f"--epochs {2 * int((run.get('summary') or {}).get('epochs_run') or 10)}")]
+    if cfg_value(run, "train", "class_weights") != "auto":
+        steps.append(train_cmd(run, "--class-weights auto"))
+    return Finding(
+        "catch_all", "warning", f"The model answers {c!r} when unsure",
+        f"{100 * share:.0f}% of the errors on the {where} are wrong predictions of {c!r}: the model falls back on "
+        f"{c!r} instead of telling the classes apart, typical of a model that is undertrained or trained on data "
+        f"where {c!r} is common.", steps, {"class": c, "share": share, "gain": share * 0.5})
+
+
 def check_confused_pairs(run: Mapping) -> Finding | None:
     cm, where = run_confusion(run)
     classes, k = run_classes(run), len(cm)
     if k < 3 or len(classes) != k:
         return None
     errors = sum(cm[i][j] for i in range(k) for j in range(k) if i != j)
+    sink = _catch_all(cm)
     pairs = sorted(((cm[i][j] + cm[j][i], i, j) for i in range(k) for j in range(i + 1, k)), reverse=True)
     total = sum(map(sum, cm))
-    if errors < 5 or pairs[0][0] / errors < max(0.15, 2 / len(pairs)):
-        return None  # errors spread evenly: no pair stands out
+    if errors < 8 or pairs[0][0] < 3 or pairs[0][0] / errors < max(0.15, 2 / len(pairs)):
+        return None  # too few errors, or spread evenly: no pair stands out
     n, i, j = pairs[0]
+    if sink and sink[0] in (i, j):
+        return None  # a symptom of the catch-all class, reported by check_catch_all
     share = n / errors
     a, b = classes[i], classes[j]
     more = [f"{classes[q]!r}/{classes[r]!r} ({100 * m / errors:.0f}%)" for m, q, r in pairs[1:3] if m]
-    text = (f"{a!r} and {b!r} are confused {n:g} times: {100 * share:.0f}% of all {errors:g} errors on the "
+    text = (f"{a!r} and {b!r} are confused {plural(n, 'time')}: {100 * share:.0f}% of all {errors:g} errors on the "
             f"{where} ({_taken(cm, classes, i, j)}).")
     text += f" Next most confused: {', '.join(more)}." if more else ""
     steps = [f"Look at the mistakes gallery in {Path(str(run.get('dir') or 'RUN')) / 'report.html'}, then add "
@@ -447,7 +481,8 @@ def check_few_images(run: Mapping, minimum: int = 20) -> Finding | None:
     listed = ", ".join(f"{c!r} ({counts[c]})" for c in few[:6]) + (" …" if len(few) > 6 else "")
     steps = [f"Collect at least {minimum} (better 100) images of each of these classes."]
     if str((run.get("summary") or {}).get("model") or "") != PRETRAINED:
-        steps.insert(0, train_cmd(run, f"--model {PRETRAINED}"))  # pretrained features need fewer examples
+        # pretrained features need far fewer examples per class
+        steps.insert(0, train_cmd(run, f"--model {PRETRAINED}", same_recipe=False))
     return Finding("few_images", "warning" if counts[few[0]] < minimum / 2 else "info",
                    f"{plural(len(few), 'class')} with fewer than {minimum} training images",
                    f"Few examples per class make the model guess: {listed}.", steps, {"classes": few})
@@ -464,9 +499,9 @@ def check_bad_files(run: Mapping) -> Finding | None:
 
 RULES: tuple[Callable[[Mapping], Finding | None], ...] = (
     check_diverged, check_spikes, check_lr_too_high, check_leaks, check_underfitting, check_overfitting,
-    check_imbalance, check_confused_pairs, check_mislabelled, check_few_images, check_bad_files)
+    check_imbalance, check_catch_all, check_confused_pairs, check_mislabelled, check_few_images, check_bad_files)
 KIND_ORDER = ("diverged", "unstable", "lr_too_high", "leak", "underfitting", "overfitting", "imbalance",
-              "weak_classes", "confused_pair", "mislabelled", "few_images", "bad_files")
+              "weak_classes", "catch_all", "confused_pair", "mislabelled", "few_images", "bad_files")
 
 
 # ---------------------------------------------------------------- verdict
@@ -507,7 +542,7 @@ def diagnose_loaded(run: Mapping, target_accuracy: float | None = None,
     elif commands:
         next_step = commands[0]
     else:  # nothing specific is wrong: a stronger preset is the generic next move
-        next_step = train_cmd(run, "--preset best")
+        next_step = train_cmd(run, "--preset best", same_recipe=False)
     return {"verdict": verdict, "accuracy": acc, "split": split, "target_accuracy": target,
             "class_recall_target": recall_target,
             "summary": _summary(verdict, acc, split, target, recall_target, findings, blockers),

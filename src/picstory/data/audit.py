@@ -26,7 +26,7 @@ from ..errors import DataError
 from .decode import DecodeError, decode_image, probe
 from .sources import Source, resolve
 
-HASH_DRAFT = (64, 64)  # JPEGs decode at 1/8 scale for hashing: ~6x faster than full size, same 9×8 hash
+HASH_DRAFT = (64, 64)  # JPEG DCT scaling for hashing: 2.5x faster on 500×375 photos, more on larger ones
 HASH_RADIUS = 4  # dHash bits that may differ in a near duplicate; resized or re-encoded copies measure 0–2
 # dHash alone pairs unrelated smooth pictures (gradients, skies) that share a brightness slope; a candidate pair
 # must also correlate on 16×16 gray thumbnails (copies score > 0.98; unrelated dHash matches mostly < 0.5)
@@ -215,18 +215,16 @@ def near_groups(reps: list[int], seen: list, by_digest: dict[bytes, list[int]]) 
 
 # ---- the report --------------------------------------------------------------------------------------------------
 
-def display(source: Source, path: str) -> str:
-    if source.root is not None and os.path.isabs(path):
-        rel = os.path.relpath(path, source.root)
-        return path if rel.startswith("..") else rel
-    return path
+def _shown(src: Source, path: str) -> str:
+    """Problems name absolute paths; show them relative to the data, as records are shown."""
+    return os.path.relpath(path, src.root) if src.root is not None and os.path.isabs(path) else path
 
 
 def build_report(audit: Audit, max_bad_fraction: float = 0.05) -> dict:
     src, seen = audit.source, audit.seen
     good = [i for i, s in enumerate(seen) if isinstance(s, Seen)]
     name = [src.display_path(r) for r in src.records]
-    bad = [{"path": display(src, p), "reason": why} for p, why in src.problems]
+    bad = [{"path": _shown(src, p), "reason": why} for p, why in src.problems]
     bad += [{"path": name[i], "reason": s} for i, s in enumerate(seen) if isinstance(s, str)]
     classes = dict.fromkeys(src.classes, 0)
     classes.update(Counter(src.records[i].label for i in good))
@@ -298,14 +296,13 @@ def _warnings(report: dict, audit: Audit) -> list[str]:
         big = max(report["classes"], key=report["classes"].get)
         small = min((c for c, n in report["classes"].items() if n), key=report["classes"].get)
         out.append(f"imbalance {ratio:.0f}:1 ('{big}' vs '{small}'); consider more images of the small classes")
-    if report["bad_files"]:
-        out.append(f"{len(report['bad_files'])} bad file{'s' * (len(report['bad_files']) != 1)} will be skipped")
-    for key, what in (("duplicates", "duplicate"), ("near_duplicates", "near-duplicate")):
+    for key, what in (("bad_files", "bad file"), ("duplicates", "duplicate group"),
+                      ("near_duplicates", "near-duplicate group")):
         if report[key]:
-            out.append(f"{len(report[key])} {what} group{'s' * (len(report[key]) != 1)}")
+            out.append(_plural(len(report[key]), what) + (" will be skipped" if key == "bad_files" else ""))
     out += _leak_sentences(audit)
     if report["conflicting_labels"]:
-        out.append(f"{len(report['conflicting_labels'])} groups of identical images carry different labels")
+        out.append(f"the same picture has different labels in {_plural(len(report['conflicting_labels']), 'group')}")
     for split, counts in report.get("split_counts", {}).items():
         missing = [c for c, n in report["classes"].items() if n and not counts.get(c)]
         if split in ("train", "test") and missing:
@@ -340,27 +337,26 @@ def render_html(audit: Audit, report: dict) -> str:
     samples = _samples(audit)
     groups = {"Exact duplicates": [("", g) for g in audit.duplicates], "Near duplicates": [("", g) for g in audit.near],
               "Leaks across splits": audit.leaks}
-    shown = {i for idx in samples.values() for i in idx}
-    shown |= {i for gs in groups.values() for _, g in gs[:GROUPS_SHOWN] for i in g[:MEMBERS_SHOWN]}
+    shown = sorted({i for idx in samples.values() for i in idx}
+                   | {i for gs in groups.values() for _, g in gs[:GROUPS_SHOWN] for i in g[:MEMBERS_SHOWN]})
     with ThreadPoolExecutor(2) as ex:
-        thumbs = dict(zip(sorted(shown), ex.map(lambda i: _thumbnail(audit.source, i), sorted(shown))))
-    parts = [_header(report), _class_bars(report)]
-    parts.append(_section("Samples", "".join(
-        f'<div class="class-row"><h3>{esc(c)} <small>{report["classes"][c]}</small></h3><div class="thumbs">'
-        + "".join(_figure(audit, i, thumbs) for i in idx) + "</div></div>" for c, idx in samples.items())))
+        thumbs = dict(zip(shown, ex.map(lambda i: _thumbnail(audit.source, i), shown)))
+    parts = [_header(report), _class_bars(report) if report["classes"] else ""]
+    if any(samples.values()):
+        parts.append(_section("Samples", "".join(
+            f'<div class="class-row"><h3>{esc(c)} <small>{report["classes"][c]}</small></h3><div class="thumbs">'
+            + "".join(_figure(audit, i, thumbs) for i in idx) + "</div></div>" for c, idx in samples.items())))
     if report["bad_files"]:
         rows = "".join(f'<tr><td class="path">{esc(b["path"])}</td><td>{esc(b["reason"])}</td></tr>'
                        for b in report["bad_files"][:BAD_SHOWN])
-        more = len(report["bad_files"]) - BAD_SHOWN
-        rows += f'<tr><td colspan="2" class="muted">… and {more} more in report.json</td></tr>' if more > 0 else ""
         parts.append(_section(f"Bad files <small>{len(report['bad_files'])}</small>",
-                              f"<table><tr><th>file</th><th>reason</th></tr>{rows}</table>"))
+                              f"<table><tr><th>file</th><th>reason</th></tr>{rows}</table>"
+                              + _more(len(report["bad_files"]) - BAD_SHOWN)))
     for title, gs in groups.items():
         if gs:
-            parts.append(_section(f"{title} <small>{_plural(len(gs), 'group')}</small>", "".join(
-                _group(audit, g, thumbs, kind) for kind, g in gs[:GROUPS_SHOWN])
-                + (f'<p class="muted">… and {len(gs) - GROUPS_SHOWN} more in report.json</p>'
-                   if len(gs) > GROUPS_SHOWN else "")))
+            body = "".join(_group(audit, g, thumbs, kind) for kind, g in gs[:GROUPS_SHOWN])
+            parts.append(_section(f"{title} <small>{_plural(len(gs), 'group')}</small>",
+                                  body + _more(len(gs) - GROUPS_SHOWN)))
     parts.append(_sizes_section(report))
     template = string.Template(Path(__file__).with_name("audit_report.html").read_text(encoding="utf-8"))
     return template.substitute(title=esc(f"Data check · {report['data']}"), body="\n".join(parts))
@@ -370,6 +366,10 @@ def _plural(n: int, word: str) -> str:
     return f"{n} {word}{'s' * (n != 1)}"
 
 
+def _more(n: int) -> str:
+    return f'<p class="muted">… and {n} more in report.json</p>' if n > 0 else ""
+
+
 def _section(title: str, body: str, cls: str = "") -> str:
     return f'<section class="{cls}"><h2>{title}</h2>{body}</section>'
 
@@ -377,7 +377,7 @@ def _section(title: str, body: str, cls: str = "") -> str:
 def _header(r: dict) -> str:
     verdict = '<div class="verdict ok">Usable</div>' if r["usable"] else '<div class="verdict bad">Not usable</div>'
     reasons = "".join(f"<li>{esc(x)}</li>" for x in r["unusable_reasons"])
-    stats = [(r["total"], "images", False), (len(r["classes"]), "classes", len(r["classes"]) < 2),
+    stats = [(r["total"], "images", not r["total"]), (len(r["classes"]), "classes", len(r["classes"]) < 2),
              (len(r["bad_files"]), "bad files", bool(r["bad_files"])),
              (len(r["duplicates"]), "duplicate groups", bool(r["duplicates"])),
              (len(r["near_duplicates"]), "near-duplicate groups", False),
@@ -392,28 +392,24 @@ def _header(r: dict) -> str:
             + (_section("Warnings", f"<ul>{warn}</ul>", "warnings") if warn else ""))
 
 
-def _bar_rows(rows: list[tuple[str, dict[str, int]]], scale: int) -> str:
-    """One labelled bar per row, stacked by series (split, or width/height); the widths share one scale."""
-    out = []
-    for label, parts in rows:
-        segs = "".join(f'<i class="s-{esc(k)}" style="width:{100 * n / max(1, scale):.2f}%" title="{esc(k)}: {n}">'
-                       "</i>" for k, n in parts.items() if n)
-        detail = " / ".join(str(n) for n in parts.values()) if len(parts) > 1 else ""
-        out.append(f'<span class="label" title="{esc(label)}">{esc(label)}</span><span class="bar">{segs}</span>'
-                   f'<span class="n">{sum(parts.values())}{f" ({detail})" if detail else ""}</span>')
-    return f'<div class="bars">{"".join(out)}</div>'
-
-
 def _legend(names) -> str:
     return '<p class="legend">' + "".join(f'<i class="s-{esc(n)}"></i>{esc(n)}' for n in names) + "</p>"
 
 
 def _class_bars(r: dict) -> str:
+    """One bar per class, stacked by split when the data declares splits; all bars share one scale."""
     splits = r.get("split_counts") or {"all": r["classes"]}
-    rows = [(c, {s: counts.get(c, 0) for s, counts in splits.items()}) for c in r["classes"]]
-    legend = _legend(splits) if len(splits) > 1 or "all" not in splits else ""
-    return _section(f"Classes <small>{len(r['classes'])}</small>", legend + _bar_rows(rows, max(
-        [sum(p.values()) for _, p in rows] or [1])))
+    scale = max(1, *r["classes"].values())
+    out = []
+    for c in r["classes"]:
+        parts = {s: counts.get(c, 0) for s, counts in splits.items()}
+        segs = "".join(f'<i class="s-{esc(s)}" style="width:{100 * n / scale:.2f}%" title="{esc(s)}: {n}"></i>'
+                       for s, n in parts.items() if n)
+        detail = f" ({' / '.join(map(str, parts.values()))})" if len(parts) > 1 else ""
+        out.append(f'<span class="label" title="{esc(c)}">{esc(c)}</span><span class="bar">{segs}</span>'
+                   f'<span class="n">{r["classes"][c]}{detail}</span>')
+    legend = _legend(splits) if "all" not in splits else ""
+    return _section(f"Classes <small>{len(r['classes'])}</small>", f'{legend}<div class="bars">{"".join(out)}</div>')
 
 
 def _sizes_section(r: dict) -> str:
@@ -421,11 +417,14 @@ def _sizes_section(r: dict) -> str:
     if not r["sizes"]:
         return ""
     s, hist = r["sizes"], r["sizes"]["histogram"]
-    e, top = hist["edges"], max(max(hist["width"]), max(hist["height"]), 1)
-    bins = "".join(f'<div class="bin">' + "".join(
-        f'<i class="s-{k}" style="height:{100 * hist[k][b] / top:.1f}%" title="{k} {e[b]:.0f}–{e[b + 1]:.0f} px: '
-        f'{hist[k][b]}"></i>' for k in ("width", "height")) + "</div>" for b in range(len(e) - 1))
-    labels = "".join(f"<span>{e[b]:.0f}–<br>{e[b + 1]:.0f}</span>" for b in range(len(e) - 1))
+    e, top = hist["edges"], max(1, *hist["width"], *hist["height"])
+    span = [f"{e[b]:.0f}" if f"{e[b]:.0f}" == f"{e[b + 1]:.0f}" else f"{e[b]:.0f}–{e[b + 1]:.0f}"
+            for b in range(len(e) - 1)]
+    bins = "".join('<div class="bin">' + "".join(
+        f'<i class="s-{k}" style="height:{max(100 * hist[k][b] / top, 1.5 * bool(hist[k][b])):.1f}%" '
+        f'title="{k} {span[b]} px: {hist[k][b]}"></i>' for k in ("width", "height")) + "</div>"
+        for b in range(len(span)))
+    labels = "".join(f"<span>{x.replace('–', '–<br>')}</span>" for x in span)
     facts = [(f"{k} min / median / max", f"{s[k]['min']} / {s[k]['median']:g} / {s[k]['max']} px")
              for k in ("width", "height")]
     facts += [("modes", ", ".join(f"{m}: {n}" for m, n in r["modes"].items())),
@@ -438,35 +437,28 @@ def _sizes_section(r: dict) -> str:
 
 
 def _samples(audit: Audit) -> dict[str, list[int]]:
+    """A few readable images per class, spread over the class (neighbouring files are often near-identical)."""
     by_class: dict[str, list[int]] = defaultdict(list)
     for i, s in enumerate(audit.seen):
         if isinstance(s, Seen):
             by_class[audit.source.records[i].label].append(i)
-    picked = {}
-    for c in audit.source.classes[:CLASSES_SHOWN]:
-        idx = by_class.get(c, [])
-        picked[c] = sorted({idx[k] for k in np.linspace(0, len(idx) - 1, SAMPLES_PER_CLASS).astype(int)}) if idx else []
-    return picked
+    return {c: sorted({idx[k] for k in np.linspace(0, len(idx) - 1, SAMPLES_PER_CLASS).astype(int)}) if idx else []
+            for c in audit.source.classes[:CLASSES_SHOWN] for idx in [by_class.get(c, [])]}
 
 
-def _figure(audit: Audit, i: int, thumbs: dict[int, str | None], tag: str = "") -> str:
+def _figure(audit: Audit, i: int, thumbs: dict[int, str | None], tagged: bool = False) -> str:
     rec = audit.source.records[i]
-    uri = thumbs.get(i)
-    pixel = ' class="pixel"' if audit.source.in_memory else ""
+    uri, pixel = thumbs.get(i), ' class="pixel"' if audit.source.in_memory else ""
     img = f'<img src="{uri}"{pixel} alt="">' if uri else '<div class="missing"></div>'
-    name = esc(audit.source.display_path(rec))
-    return f'<figure>{img}<figcaption>{tag}{name}</figcaption></figure>'
+    tag = f'<span class="tag s-{esc(rec.split)}">{esc(rec.split)}</span>' if tagged and rec.split else ""
+    tag += f"<b>{esc(rec.label)}</b> " if tagged else ""
+    return f"<figure>{img}<figcaption>{tag}{esc(audit.source.display_path(rec))}</figcaption></figure>"
 
 
 def _group(audit: Audit, group: list[int], thumbs: dict, kind: str) -> str:
-    recs = audit.source.records
-    figs = []
-    for i in group[:MEMBERS_SHOWN]:
-        tag = f'<span class="tag s-{esc(recs[i].split)}">{esc(recs[i].split)}</span>' if recs[i].split else ""
-        figs.append(_figure(audit, i, thumbs, tag + f"<b>{esc(recs[i].label)}</b> "))
+    figs = "".join(_figure(audit, i, thumbs, tagged=True) for i in group[:MEMBERS_SHOWN])
     more = f'<span class="more">+{len(group) - MEMBERS_SHOWN} more</span>' if len(group) > MEMBERS_SHOWN else ""
-    note = f'<span class="more">{esc(kind)}</span>' if kind else ""
-    return f'<div class="group">{"".join(figs)}{more}{note}</div>'
+    return f'<div class="group">{figs}{more}{f"<span class=more>{esc(kind)}</span>" if kind else ""}</div>'
 
 
 def _thumbnail(source: Source, i: int) -> str | None:
@@ -474,14 +466,13 @@ def _thumbnail(source: Source, i: int) -> str | None:
     try:
         if source.in_memory:
             arr = source.arrays[int(source.records[i].ref)]
-            im = Image.fromarray(arr[..., 0] if arr.ndim == 3 and arr.shape[2] == 1 else arr)
-            fmt, mime = "PNG", "image/png"
+            im, fmt = Image.fromarray(arr[..., 0] if arr.ndim == 3 and arr.shape[2] == 1 else arr), "PNG"
         else:
             arr = decode_image(source.records[i].ref, channels=3, draft=(THUMB_PX * 2, THUMB_PX * 2))
-            im, fmt, mime = Image.fromarray(arr), "JPEG", "image/jpeg"
+            im, fmt = Image.fromarray(arr), "JPEG"
             im.thumbnail((THUMB_PX * 2, THUMB_PX * 2), Image.Resampling.LANCZOS)  # 2x for sharp high-DPI screens
     except (DecodeError, OSError, ValueError):
         return None
     buf = io.BytesIO()
     im.save(buf, format=fmt, quality=82)
-    return f"data:{mime};base64,{base64.b64encode(buf.getvalue()).decode('ascii')}"
+    return f"data:image/{fmt.lower()};base64,{base64.b64encode(buf.getvalue()).decode('ascii')}"

@@ -60,9 +60,9 @@ def compute_mean_std(images: torch.Tensor, chunk: int = 0) -> tuple[tuple[float,
 
 
 def _scale_shift(mean, std, channels: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    m = torch.as_tensor(mean, dtype=torch.float32, device=device).reshape(-1).expand(channels)
-    s = torch.as_tensor(std, dtype=torch.float32, device=device).reshape(-1).expand(channels)
-    return (1 / (255 * s)).view(1, channels, 1, 1), (-m / s).view(1, channels, 1, 1)
+    m = torch.as_tensor(mean, dtype=torch.float32).reshape(-1).expand(channels)
+    s = torch.as_tensor(std, dtype=torch.float32).reshape(-1).expand(channels)
+    return _dev((1 / (255 * s)).view(1, channels, 1, 1), device), _dev((-m / s).view(1, channels, 1, 1), device)
 
 
 def normalize(x: torch.Tensor, mean, std) -> torch.Tensor:
@@ -112,8 +112,8 @@ def _boxes(g, n, height, width, scale, ratio, tries_ok) -> tuple[torch.Tensor, .
 
 
 class Augmenter:
-    """Whole-batch augmentation in pixel units (0..255), in torchvision's order:
-    random-resized-crop or flip+pad-and-crop → flip → rotate → brightness → contrast → erase → mixup/cutmix.
+    """Whole-batch augmentation in pixel units (0..255), in the usual torchvision order: flips then pad-and-crop
+    (or random-resized-crop then flips) → rotate → brightness → contrast → erase → mixup/cutmix.
 
     ``__call__`` draws parameters (:meth:`sample_params`) and applies them (:meth:`apply`); tests feed the same
     parameters to torchvision's per-image functions. The input is never modified. Uint8 input stays uint8 when only
@@ -200,12 +200,12 @@ class Augmenter:
         dev = x.device
         rows, cols = torch.arange(h, device=dev).expand(n, h), torch.arange(w, device=dev).expand(n, w)
         if shift is not None:
-            shift = shift.to(dev)
+            shift = _dev(shift, dev)
             rows, cols = _reflect(rows + shift[:, :1], h), _reflect(cols + shift[:, 1:], w)
         if vflip is not None:
-            rows = torch.where(vflip.to(dev)[:, None], h - 1 - rows, rows)
+            rows = torch.where(_dev(vflip, dev)[:, None], h - 1 - rows, rows)
         if hflip is not None:
-            cols = torch.where(hflip.to(dev)[:, None], w - 1 - cols, cols)
+            cols = torch.where(_dev(hflip, dev)[:, None], w - 1 - cols, cols)
         flat = (rows[:, :, None] * w + cols[:, None, :]).view(n, 1, h * w).expand(n, c, h * w)
         return x.reshape(n, c, h * w).gather(2, flat).view(n, c, h, w)
 
@@ -235,9 +235,9 @@ class Augmenter:
             cos, sin = torch.cos(a), torch.sin(a)
             rot = torch.stack([torch.stack([cos, -sin * h / w], 1), torch.stack([sin * w / h, cos], 1)], 1)
             theta[:, :, :2] = theta[:, :, :2] @ rot
-        grid = F.affine_grid(theta.to(dev), [n, 1, h, w], align_corners=False)
+        grid = F.affine_grid(_dev(theta, dev), [n, 1, h, w], align_corners=False)
         if angle is None and crop is not None:
-            top, left, ch, cw = crop.to(dev, torch.float32).unbind(1)
+            top, left, ch, cw = _dev(crop.to(torch.float32), dev).unbind(1)
             lo = torch.stack([(2 * left + 1) / w - 1, (2 * top + 1) / h - 1], 1).view(n, 1, 1, 2)
             hi = torch.stack([(2 * (left + cw) - 1) / w - 1, (2 * (top + ch) - 1) / h - 1], 1).view(n, 1, 1, 2)
             grid = torch.clamp(grid, lo, hi)
@@ -248,26 +248,26 @@ class Augmenter:
         """In place: F.adjust_brightness then F.adjust_contrast (fixed order; ColorJitter shuffles it)."""
         n, c = x.shape[:2]
         if brightness is not None:
-            x.mul_(brightness.to(x.device).view(n, 1, 1, 1)).clamp_(0, 255)
+            x.mul_(_dev(brightness, x.device).view(n, 1, 1, 1)).clamp_(0, 255)
         if contrast is not None:
-            f = contrast.to(x.device).view(n, 1, 1, 1)
+            f = _dev(contrast, x.device).view(n, 1, 1, 1)
             means = x.mean(dim=(2, 3))  # the grayscale mean is the weighted mean of the channel means
-            gray = means @ torch.tensor(GRAY, device=x.device) if c == 3 else means.mean(1)
+            gray = sum(w * means[:, i] for i, w in enumerate(GRAY)) if c == 3 else means.mean(1)
             x.mul_(f).add_((1 - f) * gray.view(n, 1, 1, 1)).clamp_(0, 255)
         return x
 
     def erase_(self, x: torch.Tensor, box: torch.Tensor) -> torch.Tensor:
         """In place: F.erase with each sample's box; empty boxes erase nothing."""
         n, c, h, w = x.shape
-        top, left, bh, bw = box.to(x.device).view(n, 4, 1).unbind(1)
+        top, left, bh, bw = _dev(box, x.device).view(n, 4, 1).unbind(1)
         rows, cols = torch.arange(h, device=x.device), torch.arange(w, device=x.device)
         inside = (((rows >= top) & (rows < top + bh))[:, :, None] & ((cols >= left) & (cols < left + bw))[:, None])
-        fill = torch.as_tensor(self.fill, dtype=x.dtype, device=x.device).reshape(-1).expand(c).view(1, c, 1, 1)
+        fill = _dev(torch.as_tensor(self.fill, dtype=x.dtype).reshape(-1).expand(c).reshape(1, c, 1, 1), x.device)
         return torch.where(inside[:, None], fill, x, out=x)
 
     def mix_(self, x: torch.Tensor, y: torch.Tensor, p: AugParams) -> tuple[torch.Tensor, torch.Tensor]:
         """Mixup or cutmix with the batch permuted; targets become probabilities (N, K) that sum to 1."""
-        perm = p.perm.to(x.device)
+        perm = _dev(p.perm, x.device)
         if p.mix == "cutmix":
             y0, y1, x0, x1 = p.mix_box
             x[:, :, y0:y1, x0:x1] = x[perm, :, y0:y1, x0:x1]
@@ -275,7 +275,7 @@ class Augmenter:
             partner = x.index_select(0, perm)  # taken before x is scaled in place
             x.mul_(p.lam).add_(partner, alpha=1 - p.lam)
         if y.dim() == 1:
-            y = F.one_hot(y, self.num_classes).to(x.dtype)
+            y = torch.zeros(len(y), self.num_classes, dtype=x.dtype, device=x.device).scatter_(1, y[:, None], 1.0)
         return x, y.mul(p.lam).add_(y.index_select(0, perm), alpha=1 - p.lam)
 
 
@@ -293,6 +293,11 @@ def _reflect(i: torch.Tensor, size: int) -> torch.Tensor:
     """Index of a reflect-padded position (F.pad mode="reflect": the edge pixel is not repeated)."""
     i = i.abs()
     return torch.where(i > size - 1, 2 * (size - 1) - i, i)
+
+
+def _dev(t: torch.Tensor, device) -> torch.Tensor:
+    """Small parameter tensors go to the device without blocking: a blocking copy would sync the stream per batch."""
+    return t.to(device, non_blocking=True)
 
 
 def _to_float(x: torch.Tensor) -> torch.Tensor:
@@ -358,7 +363,7 @@ class BatchIterator:
         else:
             order = torch.arange(n)
         order = order[self.rank::self.world_size][:self._local_count()]
-        return order.to(self.images.device)
+        return _dev(order, self.images.device)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         order = self.epoch_indices()

@@ -114,12 +114,19 @@ def _is_ignored(name: str) -> bool:
     return name.startswith(".") or name.lower() in IGNORED_NAMES
 
 
-def _walk_images(root: Path) -> tuple[list[Path], int]:
-    """Image files under root, sorted, following symlinks without looping; returns (images, ignored count)."""
+def _walk_images(root: Path, boundary: Path | None = None) -> tuple[list[Path], int]:
+    """Image files under root, sorted, following symlinks without looping; returns (images, ignored count).
+
+    A linked folder that resolves elsewhere inside ``boundary`` (the data set's root: e.g. ``cat/up -> ..``)
+    is skipped, so a link can never pull another class's images into this one."""
     images, ignored, seen = [], 0, set()
+    root_real = os.path.realpath(root)
+    fence = os.path.realpath(boundary) if boundary else None
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
         real = os.path.realpath(dirpath)
-        if real in seen:
+        inside_root = real == root_real or real.startswith(root_real + os.sep)
+        inside_fence = fence is not None and (real == fence or real.startswith(fence + os.sep))
+        if real in seen or (inside_fence and not inside_root):
             dirnames[:] = []
             continue
         seen.add(real)
@@ -138,6 +145,8 @@ def _subdirs(path: Path) -> list[Path]:
 
 def _from_folder(root: Path) -> Source:
     subdirs = _subdirs(root)
+    # Kaggle's archives often nest the split twice: training_set/training_set/cats/…
+    subdirs = [_undouble(d) for d in subdirs]
     split_dirs = {d: SPLIT_NAMES[d.name.lower()] for d in subdirs if d.name.lower() in SPLIT_NAMES}
     records: list[Record] = []
     problems: list[tuple[str, str]] = []
@@ -167,22 +176,34 @@ def _from_folder(root: Path) -> Source:
     return Source(spec=str(root), kind=kind, records=records, root=root, problems=problems, ignored=ignored)
 
 
+def _undouble(d: Path) -> Path:
+    inner = _subdirs(d)
+    if d.name.lower() in SPLIT_NAMES and len(inner) == 1 and inner[0].name.lower() == d.name.lower():
+        return inner[0]
+    return d
+
+
 def _class_folders(root: Path, split: str | None) -> tuple[list[Record], int]:
     records, ignored = [], 0
     for d in _subdirs(root):
-        images, ign = _walk_images(d)
+        images, ign = _walk_images(d, boundary=root)
         ignored += ign
         records += [Record(str(p), d.name, split) for p in images]
     return records, ignored
 
 
+# default names of cameras, phones and screenshots: letters then a number, but not a label
+CAMERA_PREFIXES = {"img", "dsc", "dscn", "dscf", "pxl", "mvimg", "vid", "screenshot", "image", "photo", "pic",
+                   "p", "dcim", "gopr", "sam", "wp"}
 _NAME_LABEL = re.compile(r"^(?P<label>[^\W\d_](?:[^\W\d_]|[ ])*?)[\s._\-]*\(?\d+\)?$")
 
 
 def label_from_name(path: str | Path) -> str | None:
     """``cat.123.jpg`` → cat, ``dog_7.png`` → dog, ``Cat-01.jpeg`` → cat; no letters-then-number → None."""
     m = _NAME_LABEL.match(Path(path).stem.strip())
-    return m.group("label").strip().lower() if m else None
+    if not m or m.group("label").strip().lower() in CAMERA_PREFIXES:
+        return None
+    return m.group("label").strip().lower()
 
 
 def _file_name_labels(root: Path, split: str | None) -> tuple[list[Record], int, list[tuple[str, str]]]:

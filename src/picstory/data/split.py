@@ -35,7 +35,7 @@ def assign_splits(records: list[Record], val_fraction: float = 0.1, test_fractio
         idx = np.array(by_class[label])
         idx = idx[rng.permutation(len(idx))]
         n = len(idx)
-        n_test = _share(n, test_fraction) if need_test and records[idx[0]].split is None else 0
+        n_test = _share(n, test_fraction) if need_test else 0
         n_val = _share(n, val_fraction) if need_val else 0
         if n - n_test - n_val < 1:
             raise DataError(f"class '{label}' has {n} image(s): too few to split into train"

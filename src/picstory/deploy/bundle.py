@@ -111,10 +111,22 @@ def _complete_meta(model: nn.Module, meta: dict) -> dict:
     return out
 
 
+def unwrap(model: nn.Module) -> nn.Module:
+    """The plain module inside torch.compile / DistributedDataParallel wrappers (their key prefixes would not load
+    into a freshly built model)."""
+    while True:
+        if isinstance(getattr(model, "_orig_mod", None), nn.Module):
+            model = model._orig_mod
+        elif isinstance(model, nn.parallel.DistributedDataParallel):
+            model = model.module
+        else:
+            return model
+
+
 def _state_bytes(model: nn.Module) -> bytes:
     """safetensors bytes of the state dict: tied tensors stored once, every tensor contiguous on the CPU."""
     state, seen = {}, {}
-    for name, t in model.state_dict().items():
+    for name, t in unwrap(model).state_dict().items():
         key = (t.device, t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.dtype)
         if t.numel() and key in seen:
             continue  # a tied weight (e.g. shared embedding/head): load_bundle restores it through the module
@@ -126,7 +138,7 @@ def _state_bytes(model: nn.Module) -> bytes:
 def save_bundle(directory: str | Path, model: nn.Module, meta: dict) -> Path:
     """Write ``directory/model.safetensors`` + ``directory/model.json`` as one atomic step; returns the directory."""
     directory = Path(directory)
-    meta = _complete_meta(model, meta)
+    meta = _complete_meta(unwrap(model), meta)
     weights = _state_bytes(model)
     meta.update({
         "format": BUNDLE_FORMAT,

@@ -182,6 +182,7 @@ def _run_exported(path: Path, fmt: str, x: torch.Tensor) -> np.ndarray:
         return run_onnx(make_session(path.read_bytes()), x)
     with torch.inference_mode(), warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # TorchScript is deprecated; its loader still works
+        warnings.simplefilter("ignore", DeprecationWarning)
         module = torch.jit.load(str(path), map_location="cpu")
         return module(x.contiguous()).float().numpy()
 

@@ -121,6 +121,10 @@ class Predictor:
     def predict(self, inputs: Sequence[Any], top_k: int = 5, tta: str = "none",
                 batch_size: int = 64) -> list[dict]:
         """One result per input, in order: ``{"input", "predictions": [{"label", "probability"}], "error"}``."""
+        from ..evaluate.tta import TTA_MODES
+
+        if tta not in TTA_MODES:
+            raise UserError(f"tta {tta!r}: choose {', '.join(TTA_MODES)}")
         if isinstance(inputs, (str, Path, bytes, Image.Image, np.ndarray)):
             inputs = [inputs]
         k = max(1, min(int(top_k), len(self.classes)))
@@ -163,7 +167,6 @@ def load(target: str | Path, device: str = "cpu", backend: str = "torch") -> Pre
     if path.exists():
         bundle = find_bundle(path)
     else:
-        bundle = None
         name = str(target)
         if not _is_pretrained_name(name):
             raise UserError(f"{target}: not a run directory, a model bundle, or a model name with offline "
@@ -257,7 +260,8 @@ def expand_inputs(args: Sequence[str]) -> list[Path]:
 
 def format_predictions(results: Sequence[dict], fmt: str = "table", top_k: int = 5,
                        color: bool | None = None) -> str:
-    """Results as ``table`` (rich on a terminal, aligned plain text otherwise), ``json`` or ``csv``.
+    """Results as ``table`` (rich on a terminal, aligned plain text otherwise), ``json`` or ``csv``, without a
+    trailing newline (``print`` adds it).
 
     json: a list of result dicts (top_k predictions each). csv: ``input,rank,label,probability,error`` with one
     row per prediction and one row (rank empty) for an input that failed.
@@ -274,7 +278,7 @@ def format_predictions(results: Sequence[dict], fmt: str = "table", top_k: int =
                 writer.writerow([r["input"], "", "", "", r["error"]])
             for rank, p in enumerate(r["predictions"], 1):
                 writer.writerow([r["input"], rank, p["label"], f"{p['probability']:.6f}", ""])
-        return buf.getvalue()
+        return buf.getvalue().rstrip("\n")
     if fmt != "table":
         raise UserError(f"format {fmt!r}: choose table, json or csv")
     rows = _table_rows(trimmed)
@@ -283,7 +287,7 @@ def format_predictions(results: Sequence[dict], fmt: str = "table", top_k: int =
     header = ("input", "rank", "label", "probability")
     widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(4)]
     lines = ["  ".join(str(v).ljust(w) for v, w in zip(row, widths)).rstrip() for row in [header, *rows]]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines)
 
 
 def _table_rows(results: Sequence[dict]) -> list[tuple[str, str, str, str]]:
@@ -310,4 +314,4 @@ def _rich_table(rows: list[tuple[str, str, str, str]]) -> str:
         previous = inp
     console = Console(file=io.StringIO(), force_terminal=True, width=shutil.get_terminal_size((120, 24)).columns)
     console.print(table)
-    return console.file.getvalue()
+    return console.file.getvalue().rstrip("\n")

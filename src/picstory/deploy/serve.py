@@ -14,13 +14,12 @@ Endpoints (no endpoint takes a model path or URL)::
     GET  /health/ready  200 once the model is loaded and warmed, else 503
     GET  /docs          OpenAPI docs (FastAPI's page; it loads swagger assets from a CDN)
 
-Every error is ``{"error": {"code", "message"}}`` with a 4xx status for the client's mistakes: 400 empty body,
-413 body over ``max_body_bytes`` (counted while reading) or image over ``max_pixels`` (from the header),
-415 not an image, 422 corrupt image / missing field / bad parameter, 503 + Retry-After when ``max_queue`` requests
-are already in flight or the model is not ready. A request that is all good is decoded in a thread pool, then
-waits on an asyncio queue; one inference thread takes up to ``max_batch`` images (waiting at most ``max_wait_ms``
-for company), runs them as one batch and resolves each request's future. Every prediction is logged to SQLite by
-a background thread (see picstory.monitor.log).
+Every error is ``{"error": {"code", "message"}}``, a 4xx for the client's mistakes: 400 empty body, 413 body over
+``max_body_bytes`` (counted while reading) or image over ``max_pixels`` (from the header), 415 not an image,
+422 corrupt image / missing field / bad parameter; 503 + Retry-After when ``max_queue`` requests are in flight or
+the model is not ready. Good images are decoded in a thread pool and queued; one inference thread runs up to
+``max_batch`` of them as one batch (waiting ≤ ``max_wait_ms`` for company). A background thread logs every
+prediction to SQLite (picstory.monitor.log).
 """
 
 from __future__ import annotations
@@ -44,16 +43,20 @@ import torch
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
+from starlette.requests import ClientDisconnect
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
 from ..data.decode import DecodeError, probe
 from ..monitor.log import Entry, PredictionLog, default_log_path
+from .bundle import find_bundle
+from .predict import load, preprocess
 
 DEFAULT_MAX_PIXELS = 40_000_000  # a 40 MP photo; decoding one takes ~120 MB, so the limit bounds memory per request
 EXT = {"JPEG": "jpg", "PNG": "png", "GIF": "gif", "WEBP": "webp", "BMP": "bmp", "TIFF": "tif", "MPO": "jpg"}
 RAW_TYPES = ("image/", "application/octet-stream")
 CONFIG_ENV = "PICSTORY_SERVE_CONFIG"  # how serve() hands its options to worker processes
+NOT_READY = ("not_ready", "the model is not loaded yet; retry shortly", {"Retry-After": "1"})
 PAGE_CSP = ("default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src 'self' blob: data:; "
             "connect-src 'self'; base-uri 'none'; form-action 'none'")
 
@@ -81,8 +84,8 @@ class _Image:
 class MicroBatcher:
     """asyncio queue → one inference thread: batches of up to ``max_batch``, waiting ≤ ``max_wait_ms`` to fill."""
 
-    def __init__(self, infer, max_batch: int = 32, max_wait_ms: float = 5.0):
-        self.infer, self.max_batch, self.max_wait = infer, max_batch, max_wait_ms / 1000
+    def __init__(self, infer, max_batch: int = 32, max_wait_ms: float = 5.0, busy=lambda: True):
+        self.infer, self.max_batch, self.max_wait, self.busy = infer, max_batch, max_wait_ms / 1000, busy
         self.queue: asyncio.Queue = asyncio.Queue()
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="picstory-infer")
         self._task: asyncio.Task | None = None
@@ -96,7 +99,6 @@ class MicroBatcher:
         return await future
 
     async def run_now(self, batch: torch.Tensor) -> np.ndarray:
-        """Run one batch on the inference thread directly (warm-up)."""
         return await asyncio.get_running_loop().run_in_executor(self._executor, self.infer, batch)
 
     async def _collect(self) -> list:
@@ -107,7 +109,7 @@ class MicroBatcher:
                 items.append(self.queue.get_nowait())
                 continue
             remaining = deadline - time.monotonic()
-            if remaining <= 0:
+            if remaining <= 0 or not self.busy():  # a lone client should not pay max_wait_ms per request
                 break
             try:
                 items.append(await asyncio.wait_for(self.queue.get(), remaining))
@@ -118,29 +120,20 @@ class MicroBatcher:
     async def _run(self) -> None:
         while True:
             items = await self._collect()
-            if not items:
-                continue
             try:
-                probs = await self.run_now(torch.stack([x for x, _ in items]))
+                outcomes = await self.run_now(torch.stack([x for x, _ in items]))
             except Exception as e:  # a failed batch fails its requests, never the worker
-                for _, f in items:
-                    if not f.done():
-                        f.set_exception(e)
-                continue
-            for (_, f), p in zip(items, probs):
+                outcomes = [e] * len(items)
+            for (_, f), out in zip(items, outcomes):
                 if not f.done():
-                    f.set_result(p)
+                    f.set_exception(out) if isinstance(out, Exception) else f.set_result(out)
 
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        while not self.queue.empty():
-            _, f = self.queue.get_nowait()
-            if not f.done():
-                f.set_exception(ApiError(503, "shutting_down", "the server is shutting down; retry"))
-        self._executor.shutdown(wait=True)
+        self._executor.shutdown(wait=True)  # uvicorn has drained the requests: nothing is left in the queue
 
 
 class _Service:
@@ -151,45 +144,29 @@ class _Service:
         self.target, self.backend, self.device = target, backend, device
         self.predictor = None if isinstance(target, (str, Path)) else target
         if self.predictor is None and Path(target).expanduser().exists():
-            from .bundle import find_bundle
-
             find_bundle(target)  # a wrong path fails now, with a one-line error, not inside the event loop
         self.log_args = (log_path, store_inputs, store_cap_mb)
         self.max_body_bytes, self.max_pixels, self.max_queue = max_body_bytes, max_pixels, max_queue
-        self.batcher = MicroBatcher(self._infer, max_batch, max_wait_ms)
+        self.batcher = MicroBatcher(lambda x: self.predictor.predict_proba(x), max_batch, max_wait_ms,
+                                    busy=lambda: self.in_flight > 1)
         self.decode_slots = anyio.CapacityLimiter(max(2, os.cpu_count() or 2))
-        self.log: PredictionLog | None = None
-        self.ready = False
-        self.in_flight = 0
-
-    @property
-    def meta(self) -> dict:
-        return self.predictor.meta
+        self.log, self.ready, self.in_flight = None, False, 0
 
     def model_ref(self) -> dict:
-        return {"name": self.meta["arch"], "sha256": self.meta.get("sha256")}
-
-    def _infer(self, batch: torch.Tensor) -> np.ndarray:
-        return self.predictor.predict_proba(batch)
+        return {"name": self.predictor.meta["arch"], "sha256": self.predictor.meta.get("sha256")}
 
     async def start(self) -> None:
         if self.predictor is None:
-            from .predict import load
-
             self.predictor = await asyncio.to_thread(load, self.target, self.device, self.backend)
         self.batcher.start()
-        c, s = int(self.meta["in_chans"]), int(self.meta["img_size"])
+        c, s = int(self.predictor.meta["in_chans"]), int(self.predictor.meta["img_size"])
         for n in (1, 2):  # first calls allocate and pick kernels; keep that off the first client's clock
             await self.batcher.run_now(torch.zeros(n, c, s, s, dtype=torch.uint8))
         log_path, store, cap = self.log_args
         bundle = getattr(self.predictor, "bundle_dir", None)
-        if log_path is None and bundle is not None:
-            log_path = default_log_path(bundle)
-        if log_path is not None:
+        log_path = log_path or (default_log_path(bundle) if bundle is not None else None)
+        if log_path is not None:  # a model without a bundle directory logs only with an explicit log_path
             self.log = PredictionLog(log_path, store, cap)
-        elif store is not None:
-            print("picstory serve: --store-inputs needs --log for a model without a bundle directory",
-                  file=sys.stderr)
         self.ready = True
 
     async def stop(self) -> None:
@@ -201,7 +178,7 @@ class _Service:
     @contextlib.contextmanager
     def admit(self):
         if not self.ready:
-            raise ApiError(503, "not_ready", "the model is not loaded yet; retry shortly", {"Retry-After": "1"})
+            raise ApiError(503, *NOT_READY)
         if self.in_flight >= self.max_queue:
             raise ApiError(503, "queue_full", f"{self.max_queue} requests are already waiting; retry shortly",
                            {"Retry-After": "1"})
@@ -219,11 +196,14 @@ async def _read_body(request: Request, limit: int) -> bytes:
     if declared.isdigit() and int(declared) > limit:
         raise too_big
     chunks, total = [], 0
-    async for chunk in request.stream():
-        total += len(chunk)
-        if total > limit:
-            raise too_big
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            total += len(chunk)
+            if total > limit:
+                raise too_big
+            chunks.append(chunk)
+    except ClientDisconnect:  # nobody is left to answer; keep it out of the error log
+        raise ApiError(400, "client_disconnected", "the client closed the connection mid-body") from None
     return b"".join(chunks)
 
 
@@ -253,31 +233,24 @@ async def _uploads(request: Request, body: bytes, max_files: int) -> tuple[list[
     return images, len(images) > 1 or any(k == "files" for k, _ in parts)
 
 
-def _check_header(img: _Image, max_pixels: int) -> None:
-    """Format and size from the header only, so a decompression bomb is refused before any pixel is decoded."""
-    try:
-        info = probe(img.data, max_pixels=max_pixels)
-    except DecodeError as e:
-        if e.reason.startswith("too large"):
-            raise ApiError(413, "too_many_pixels", f"{img.name}: {e.reason} is over the limit of "
-                           f"{max_pixels:,} pixels") from None
-        if e.reason == "not an image":
-            raise ApiError(415, "not_an_image", f"{img.name}: not an image; send a JPEG, PNG, WebP, GIF, BMP "
-                           "or TIFF file") from None
-        raise ApiError(422, "corrupt_image", f"{img.name}: {e.reason}") from None
-    img.width, img.height = info.width, info.height
-    img.ext = EXT.get(info.format or "", (info.format or "bin").lower())
+def _decode_error(name: str, reason: str, max_pixels: int) -> ApiError:
+    if reason.startswith("too large"):
+        return ApiError(413, "too_many_pixels", f"{name}: {reason} is over the limit of {max_pixels:,} pixels")
+    if reason == "not an image":
+        return ApiError(415, "not_an_image", f"{name}: not an image; send a JPEG, PNG, WebP, GIF, BMP or TIFF file")
+    return ApiError(422, "corrupt_image", f"{name}: {reason}")
 
 
 async def _prepare(service: _Service, img: _Image) -> None:
-    from .predict import preprocess
-
-    _check_header(img, service.max_pixels)
+    """Header first (size, format), so a decompression bomb is refused before any pixel is decoded; then decode."""
     try:
-        img.tensor = await anyio.to_thread.run_sync(preprocess, img.data, service.meta,
+        info = probe(img.data, max_pixels=service.max_pixels)
+        img.width, img.height = info.width, info.height
+        img.ext = EXT.get(info.format or "", (info.format or "bin").lower())
+        img.tensor = await anyio.to_thread.run_sync(preprocess, img.data, service.predictor.meta,
                                                     limiter=service.decode_slots)
     except DecodeError as e:
-        raise ApiError(422, "corrupt_image", f"{img.name}: {e.reason}") from None
+        raise _decode_error(img.name, e.reason, service.max_pixels) from None
 
 
 def _top(probs: np.ndarray, classes: list[str], k: int) -> list[dict]:
@@ -288,19 +261,16 @@ def _top(probs: np.ndarray, classes: list[str], k: int) -> list[dict]:
 def _log(service: _Service, images: list[_Image], preds: list[list[dict]], latency_ms: float) -> None:
     if service.log is None:
         return
-    keep = service.log.store is not None
+    keep, model_sha = service.log.store is not None, service.predictor.meta.get("sha256") or ""
     for img, p in zip(images, preds):
-        service.log.record(Entry(service.meta.get("sha256") or "", hashlib.sha256(img.data).hexdigest(),
-                                 img.width, img.height, p, latency_ms, img.data if keep else None, img.ext))
+        service.log.record(Entry(model_sha, hashlib.sha256(img.data).hexdigest(), img.width, img.height, p,
+                                 latency_ms, img.data if keep else None, img.ext))
 
 
+_BINARY = {"type": "string", "format": "binary"}
 PREDICT_DOC = {
-    "requestBody": {"required": True, "content": {
-        "multipart/form-data": {"schema": {"type": "object", "properties": {
-            "file": {"type": "string", "format": "binary", "description": "one image"},
-            "files": {"type": "array", "items": {"type": "string", "format": "binary"},
-                      "description": "several images (answer has 'results')"}}}},
-        "image/*": {"schema": {"type": "string", "format": "binary"}}}},
+    "requestBody": {"required": True, "content": {"image/*": {"schema": _BINARY}, "multipart/form-data": {
+        "schema": {"type": "object", "properties": {"file": _BINARY, "files": {"type": "array", "items": _BINARY}}}}}},
     "responses": {str(s): {"description": d, "content": {"application/json": {"example": {
         "error": {"code": c, "message": "…"}}}}} for s, d, c in (
         (400, "empty body", "empty_body"), (413, "body or image too large", "too_many_pixels"),
@@ -312,6 +282,8 @@ PREDICT_DOC = {
 def _routes(app: FastAPI, service: _Service, page: str) -> None:
     @app.post("/predict", openapi_extra=PREDICT_DOC, summary="Classify one or several images")
     async def predict(request: Request, top_k: int = Query(5, ge=1, description="labels per image")) -> Any:
+        """One image (field `file` or a raw image/* body) → `{"input", "predictions": [{"label", "probability"}],
+        "model": {"name", "sha256"}, "latency_ms"}`; several (`files`) → `{"results": [...], "model", ...}`."""
         start = time.perf_counter()
         with service.admit():
             body = await _read_body(request, service.max_body_bytes)
@@ -336,15 +308,13 @@ def _routes(app: FastAPI, service: _Service, page: str) -> None:
 
     @app.get("/health/ready", summary="The model is loaded and warmed (503 before)")
     async def ready() -> Any:
-        if not service.ready:
-            return _error(503, "not_ready", "the model is not loaded yet", {"Retry-After": "1"})
-        return {"status": "ready"}
+        return {"status": "ready"} if service.ready else _error(503, *NOT_READY)
 
     @app.get("/model", summary="The served model: classes, input size, metrics, hash, versions")
     async def model() -> Any:
         if not service.ready:
-            return _error(503, "not_ready", "the model is not loaded yet", {"Retry-After": "1"})
-        m = service.meta
+            return _error(503, *NOT_READY)
+        m = service.predictor.meta
         return {**service.model_ref(), "classes": service.predictor.classes, "num_classes": len(m["classes"]),
                 "in_chans": m["in_chans"], "img_size": m["img_size"], "fit": m.get("fit"),
                 "metrics": m.get("metrics", {}), "picstory_version": m.get("picstory_version"),
@@ -396,7 +366,6 @@ def create_app(target: str | Path | Any, backend: str = "torch", log_path: str |
 
     app = FastAPI(title="picstory", version=__version__, lifespan=lifespan,
                   description=(__doc__ or "").split("\n\n", 1)[1])
-    app.state.service = service
     _handlers(app)
     _routes(app, service, resources.files(__package__).joinpath("page.html").read_text(encoding="utf-8"))
     return app
@@ -411,14 +380,16 @@ def serve(target: str | Path, host: str = "127.0.0.1", port: int = 8000, workers
     """Run the server until Ctrl-C / SIGTERM; in-flight requests finish and the log is flushed on the way out."""
     import uvicorn
 
+    # loading before uvicorn starts turns a wrong path or a corrupt bundle into a one-line error, not a traceback
+    predictor = load(target, kw.get("device", "cpu"), kw.get("backend", "torch"))
     if host not in ("127.0.0.1", "localhost", "::1"):
         print(f"picstory serve: listening on {host}: reachable from other machines, with no authentication",
               file=sys.stderr)
     opts = {"host": host, "port": port, "timeout_graceful_shutdown": 30, "log_level": "info"}
     if workers <= 1:
-        uvicorn.run(create_app(target, **kw), **opts)
+        uvicorn.run(create_app(predictor, **kw), **opts)
         return
-    create_app(target, **kw)  # check the arguments once, in this process, before forking workers
+    del predictor  # each worker process loads its own copy
     os.environ[CONFIG_ENV] = json.dumps({"target": str(target), **{k: str(v) if isinstance(v, Path) else v
                                                                    for k, v in kw.items()}})
     uvicorn.run(f"{__name__}:app_from_env", factory=True, workers=workers, **opts)

@@ -49,7 +49,16 @@ def evaluate_run(run: str | Path, data: str | None = None, tta: str = "none", td
     return result
 
 
-def _load_eval_data(run_dir: Path, meta: dict, data: str | None, progress: bool):
+def test_images(run: str | Path, limit: int = 64) -> torch.Tensor:
+    """Up to ``limit`` uint8 images of a run's test split (export's parity check uses real inputs)."""
+    from ..deploy.bundle import read_meta
+
+    run_dir = find_run(run)
+    images, *_ = _load_eval_data(run_dir, read_meta(run_dir / "model"), None, progress=False, limit=limit)
+    return images
+
+
+def _load_eval_data(run_dir: Path, meta: dict, data: str | None, progress: bool, limit: int | None = None):
     from ..data.cache import load_images
     from ..data.sources import resolve
     from ..data.split import read_manifest
@@ -68,7 +77,7 @@ def _load_eval_data(run_dir: Path, meta: dict, data: str | None, progress: bool)
     train_idx: list[int] = []
     if data is None:
         splits = read_manifest(run_dir / "split.csv", source)
-        idx, train_idx, name = splits["test"], splits["train"], "test"
+        idx, train_idx, name = splits["test"][:limit], splits["train"] if limit is None else [], "test"
     else:
         declared = [i for i, r in enumerate(source.records) if r.split == "test"]
         idx, name = (declared, "test") if declared else (list(range(len(source.records))), "all")

@@ -18,7 +18,8 @@ main{max-width:1100px;margin:0 auto;padding:24px}
 h1{font-size:22px;margin:0 0 4px} h2{font-size:17px;margin:28px 0 8px}
 .muted{color:#656d76} .card{background:#fff;border:1px solid #d8dee4;border-radius:10px;padding:16px;margin:12px 0}
 .grid{display:grid;grid-template-columns:repeat(auto-fit,minmax(160px,1fr));gap:12px}
-.stat b{display:block;font-size:22px} .stat b.small{font-size:16px;line-height:2} .badge{color:#fff;border-radius:999px;padding:2px 10px;font-weight:600}
+.stat b{display:block;font-size:22px} .stat b.small{font-size:16px;line-height:2}
+.badge{color:#fff;border-radius:999px;padding:2px 10px;font-weight:600}
 img.chart{max-width:100%} table{border-collapse:collapse;width:100%} td,th{padding:6px 8px;text-align:left;
 border-bottom:1px solid #eaeef2;vertical-align:middle} img.thumb{width:64px;height:64px;object-fit:contain;
 background:#eee;border-radius:6px} code{font-size:12px}
@@ -98,9 +99,8 @@ def _least_confident_rows(items: list[dict]) -> str:
     rows = []
     for it in items:
         alts = ", ".join(f"{html.escape(str(p['label']))} {p['probability']:.0%}" for p in it["topk"][1:4])
-        name = Path(it["stored_path"]).name if it["stored_path"] else ""
-        stored = f'<code title="{html.escape(name)}">{html.escape(name[:12])}…{html.escape(Path(name).suffix)}</code>' \
-            if name else "not stored"
+        name = html.escape(Path(it["stored_path"]).name) if it["stored_path"] else ""
+        stored = f'<code title="{name}">{name[:12]}…{Path(name).suffix}</code>' if name else "not stored"
         prob = "—" if it["probability"] is None else f"{it['probability']:.1%}"
         rows.append(f"<tr><td>{_thumbnail(it['stored_path'])}</td><td><b>{html.escape(str(it['label']))}</b>"
                     f"</td><td>{prob}</td><td class=muted>{alts}</td><td>{it['width']}×{it['height']}</td>"
@@ -137,7 +137,7 @@ model sha256 <code>{e(meta['sha256'][:16])}</code></div>
 <span class=muted>({e(drift['reading'])})</span></p>
 <p class=muted>Training distribution: {e(report['training_distribution_source'])}.
 {report['other_models_rows']} logged rows from other models were left out.</p>
-<img class=chart alt="predicted vs training class distribution" src="{_distribution_chart(report['class_distribution'])}">
+<img class=chart alt="predicted vs training classes" src="{_distribution_chart(report['class_distribution'])}">
 </div>
 <h2>Predictions over time (per {e(report['over_time']['unit'])}, UTC)</h2>
 <div class=card><img class=chart alt="predictions over time" src="{_over_time_chart(report['over_time'])}"></div>

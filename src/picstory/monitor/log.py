@@ -7,11 +7,13 @@ directory the raw input bytes are kept as ``<sha256>.<ext>`` so a person can loo
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import queue
 import re
 import sqlite3
+import sys
 import tempfile
 import threading
 import time
@@ -55,7 +57,7 @@ class Entry:
     latency_ms: float
     data: bytes | None = None  # raw input, kept only when the log stores inputs
     ext: str = "bin"
-    time: float = 0.0  # filled with time.time() when 0
+    time: float = 0.0  # unix seconds; 0 → stamped by PredictionLog.record
 
 
 def default_log_path(target: str | Path) -> Path:
@@ -137,20 +139,20 @@ class PredictionLog:
         self._thread.start()
 
     def record(self, entry: Entry) -> None:
+        if not entry.time:  # stamped now, not when the writer gets to it
+            entry = dataclasses.replace(entry, time=time.time())
         try:
             self._queue.put_nowait(entry)
         except queue.Full:
             self.dropped += 1  # never make a client wait on the log
 
-    def flush(self, timeout: float = 10.0) -> None:
-        """Wait until every queued entry is in the database (for tests and shutdown)."""
-        done = threading.Event()
-        self._queue.put(done, timeout=timeout)
-        done.wait(timeout)
-
     def close(self) -> None:
+        """Write what is queued, then stop the writer thread."""
         self._queue.put(_STOP)
         self._thread.join(timeout=30)
+        if self.dropped:
+            print(f"picstory: {self.dropped} predictions were not logged to {self.path} (the writer fell behind "
+                  "or the database failed)", file=sys.stderr)
 
     def _run(self) -> None:
         con = connect(self.path)
@@ -169,10 +171,7 @@ class PredictionLog:
                         self._write(con, entries)
                     except sqlite3.Error:
                         self.dropped += len(entries)  # a locked or broken log must not stop serving
-                for item in items:
-                    if isinstance(item, threading.Event):
-                        item.set()
-                    stop = stop or item is _STOP
+                stop = any(item is _STOP for item in items)
         finally:
             con.close()
 
@@ -186,7 +185,7 @@ class PredictionLog:
                 except OSError:
                     stored = None  # a full disk must not lose the prediction row too
             top = e.predictions[0] if e.predictions else {"label": None, "probability": None}
-            rows.append((e.time or time.time(), e.model_sha256, e.input_sha256, e.width, e.height, top["label"],
+            rows.append((e.time, e.model_sha256, e.input_sha256, e.width, e.height, top["label"],
                          top["probability"], json.dumps(e.predictions), e.latency_ms, stored))
         with con:
             con.executemany(f"INSERT INTO predictions ({', '.join(COLUMNS)}) VALUES "

@@ -25,6 +25,7 @@ def atomic_write(path: str | Path, data: bytes | str) -> None:
     try:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         try:
+            os.fchmod(fd, 0o644)  # mkstemp's 0600 would hide reports and bundles from other users
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
                 f.flush()

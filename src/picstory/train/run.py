@@ -50,6 +50,8 @@ def resolve_config(user: dict, source: sources.Source) -> C.Config:
         from ..data.cache import detect_channels
 
         values["channels"] = str(detect_channels(source))
+    if user.get("lr") == "preset":
+        user = {k: v for k, v in user.items() if k != "lr"}
     resolved = C.from_dict({**values, **user})
     model = resolved.model.model
     if model == "auto":
@@ -144,6 +146,9 @@ def _fit(cfg: C.Config, source: sources.Source, run_dir: Path | None, checkpoint
             atomic_write(run_dir / "split.csv", manifest_csv(source, splits))
     td = load_train_data(cfg, source, splits, device, dist, progress)
     autocast = pick_precision(t.precision, device)
+    if t.lr == "auto":
+        cfg = _find_lr(cfg, td, device, autocast, run_dir if dist.is_main else None)
+        t = cfg.train
     if dist.is_main:
         _write_env(run_dir, cfg, device, threads, autocast, source, command)
         atomic_write(run_dir / "data.json", json.dumps(td.data_summary, indent=1))
@@ -171,6 +176,37 @@ def _fit(cfg: C.Config, source: sources.Source, run_dir: Path | None, checkpoint
     if interrupted:
         raise KeyboardInterrupt
     return Run(path=run_dir, summary=summary)
+
+
+def _find_lr(cfg: C.Config, td: TrainData, device, autocast, run_dir: Path | None) -> C.Config:
+    """--lr auto: the LR range test on this data and model; the found value is written into config.yaml."""
+    from ..compare.lr_find import suggest_lr
+
+    found = suggest_lr(cfg, td, device, autocast)
+    lr = f"{found['suggested_lr']:.3g}"
+    print(f"lr-find suggests lr {lr}", file=sys.stderr)
+    cfg = cfg.updated(lr=lr)
+    if run_dir is not None:
+        atomic_write(run_dir / "lr_find.json", json.dumps(found))
+        atomic_write(run_dir / "config.yaml", C.dump_yaml(cfg))
+    return cfg
+
+
+def prepare(data: str, progress: bool = False, **overrides) -> tuple[C.Config, TrainData, torch.device, object]:
+    """Config, data and model exactly as ``train`` builds them, without a run directory (lr-find, benchmarks)."""
+    from ..device import pick_device, pick_precision, set_threads
+
+    user = {k: v for k, v in overrides.items() if v is not None}
+    user["data"] = data
+    C.from_dict(user)
+    source = sources.resolve(data, user.get("path_col", ""), user.get("label_col", ""))
+    cfg = resolve_config(user, source)
+    device = pick_device(cfg.train.device)
+    set_threads(cfg.train.threads)
+    seed_everything(cfg.train.seed)
+    splits = split_source(source, cfg.data.val_fraction, cfg.data.test_fraction, cfg.train.seed)
+    td = load_train_data(cfg, source, splits, device, Dist(), progress)
+    return cfg, td, device, pick_precision(cfg.train.precision, device)
 
 
 def _build_learner(cfg: C.Config, td: TrainData, device, autocast, dist: Dist, run_dir: Path,
@@ -273,4 +309,4 @@ def _finish(run_dir: Path, cfg: C.Config, td: TrainData, learner: Learner, train
     return read_json(run_dir / "summary.json") or summary
 
 
-__all__ = ["train", "Run", "resolve_config"]
+__all__ = ["train", "prepare", "Run", "resolve_config"]
