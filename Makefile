@@ -23,7 +23,7 @@ sysdeps:
 	fi
 
 test: $(STAMP) sysdeps
-	$(PY) -m pytest
+	$(PY) -m pytest -q
 
 demo: $(STAMP) sysdeps
 	$(PY) -m picstory.demo

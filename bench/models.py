@@ -27,7 +27,8 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from picstory.models import count_flops, create_model  # noqa: E402
 
-# label → (registry name, extra kwargs). Variants beyond the registered sizes are the probe's design space.
+# label → (registry name, extra kwargs). Variants v-W-RRR[c]: widths W·(1, 2, 4, 8), residual pairs per stage RRR,
+# "c": stages 2-3 convolve before pooling (4× the FLOPs, more detail) instead of after.
 CANDIDATES: dict[str, tuple[str, dict]] = {
     "seed-mnist-cnn": ("seed-mnist-cnn", {}),
     "seed-cifar-cnn": ("seed-cifar-cnn", {}),
@@ -35,15 +36,37 @@ CANDIDATES: dict[str, tuple[str, dict]] = {
     "picnet-m": ("picnet-m", {}),
     "picnet-l": ("picnet-l", {}),
     "v-16-000": ("picnet-s", dict(widths=(16, 32, 64, 128), residual=(0, 0, 0), pool_first=True)),
+    "v-16-000c": ("picnet-s", dict(widths=(16, 32, 64, 128), residual=(0, 0, 0), pool_first=False)),
+    "v-16-001": ("picnet-s", dict(widths=(16, 32, 64, 128), residual=(0, 0, 1), pool_first=True)),
+    "v-16-001c": ("picnet-s", dict(widths=(16, 32, 64, 128), residual=(0, 0, 1), pool_first=False)),
     "v-16-101": ("picnet-s", dict(widths=(16, 32, 64, 128), residual=(1, 0, 1), pool_first=True)),
+    "v-16-101c": ("picnet-s", dict(widths=(16, 32, 64, 128), residual=(1, 0, 1), pool_first=False)),
+    "v-16-111": ("picnet-s", dict(widths=(16, 32, 64, 128), residual=(1, 1, 1), pool_first=True)),
+    "v-16-111c": ("picnet-s", dict(widths=(16, 32, 64, 128), residual=(1, 1, 1), pool_first=False)),
     "v-24-000": ("picnet-s", dict(widths=(24, 48, 96, 192), residual=(0, 0, 0), pool_first=True)),
+    "v-24-000c": ("picnet-s", dict(widths=(24, 48, 96, 192), residual=(0, 0, 0), pool_first=False)),
     "v-24-001": ("picnet-s", dict(widths=(24, 48, 96, 192), residual=(0, 0, 1), pool_first=True)),
-    "v-32-101": ("picnet-s", dict(widths=(32, 64, 128, 256), residual=(1, 0, 1), pool_first=True)),
-    "v-32-111": ("picnet-s", dict(widths=(32, 64, 128, 256), residual=(1, 1, 1), pool_first=True)),
+    "v-24-001c": ("picnet-s", dict(widths=(24, 48, 96, 192), residual=(0, 0, 1), pool_first=False)),
+    "v-24-101": ("picnet-s", dict(widths=(24, 48, 96, 192), residual=(1, 0, 1), pool_first=True)),
     "v-24-101c": ("picnet-s", dict(widths=(24, 48, 96, 192), residual=(1, 0, 1), pool_first=False)),
+    "v-24-111": ("picnet-s", dict(widths=(24, 48, 96, 192), residual=(1, 1, 1), pool_first=True)),
+    "v-24-111c": ("picnet-s", dict(widths=(24, 48, 96, 192), residual=(1, 1, 1), pool_first=False)),
+    "v-32-000": ("picnet-s", dict(widths=(32, 64, 128, 256), residual=(0, 0, 0), pool_first=True)),
+    "v-32-000c": ("picnet-s", dict(widths=(32, 64, 128, 256), residual=(0, 0, 0), pool_first=False)),
+    "v-32-001": ("picnet-s", dict(widths=(32, 64, 128, 256), residual=(0, 0, 1), pool_first=True)),
+    "v-32-001c": ("picnet-s", dict(widths=(32, 64, 128, 256), residual=(0, 0, 1), pool_first=False)),
+    "v-32-101": ("picnet-s", dict(widths=(32, 64, 128, 256), residual=(1, 0, 1), pool_first=True)),
     "v-32-101c": ("picnet-s", dict(widths=(32, 64, 128, 256), residual=(1, 0, 1), pool_first=False)),
+    "v-32-111": ("picnet-s", dict(widths=(32, 64, 128, 256), residual=(1, 1, 1), pool_first=True)),
+    "v-32-111c": ("picnet-s", dict(widths=(32, 64, 128, 256), residual=(1, 1, 1), pool_first=False)),
+    "v-48-000": ("picnet-s", dict(widths=(48, 96, 192, 384), residual=(0, 0, 0), pool_first=True)),
+    "v-48-000c": ("picnet-s", dict(widths=(48, 96, 192, 384), residual=(0, 0, 0), pool_first=False)),
+    "v-48-001": ("picnet-s", dict(widths=(48, 96, 192, 384), residual=(0, 0, 1), pool_first=True)),
+    "v-48-001c": ("picnet-s", dict(widths=(48, 96, 192, 384), residual=(0, 0, 1), pool_first=False)),
     "v-48-101": ("picnet-s", dict(widths=(48, 96, 192, 384), residual=(1, 0, 1), pool_first=True)),
-    "v-64-111": ("picnet-s", dict(widths=(64, 128, 256, 512), residual=(1, 1, 1), pool_first=True)),
+    "v-48-101c": ("picnet-s", dict(widths=(48, 96, 192, 384), residual=(1, 0, 1), pool_first=False)),
+    "v-48-111": ("picnet-s", dict(widths=(48, 96, 192, 384), residual=(1, 1, 1), pool_first=True)),
+    "v-48-111c": ("picnet-s", dict(widths=(48, 96, 192, 384), residual=(1, 1, 1), pool_first=False)),
 }
 DEFAULT_MODELS = "seed-mnist-cnn,picnet-s,picnet-m,picnet-l"
 HYP = dict(batch_size=256, optimizer="sgd", lr=0.1, weight_decay=5e-4, warmup_frac=0.2, label_smoothing=0.1,
@@ -89,15 +112,16 @@ def autocast(device: str, precision: str):
     return nullcontext()
 
 
-def build(label: str, in_chans: int = 1, img_size: int = 28, device: str = "cpu"):
+def build(label: str, in_chans: int = 1, img_size: int = 28, device: str = "cpu", extra: dict | None = None):
     name, kwargs = CANDIDATES[label]
+    kwargs = {**kwargs, **(extra or {})}
     model = create_model(name, num_classes=10, in_chans=in_chans, img_size=img_size, **kwargs)
     return model.to(device).to(memory_format=torch.channels_last)
 
 
-def speed(label: str, precision: str, device: str, batch: int = 256, iters: int = 4) -> float:
+def speed(label: str, precision: str, device: str, batch: int = 256, iters: int = 4, extra: dict | None = None) -> float:
     """Training images/s (forward + backward + SGD step) at ``batch``."""
-    model = build(label, device=device)
+    model = build(label, device=device, extra=extra)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     x = torch.randn(batch, 1, 28, 28, device=device).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 10, (batch,), device=device)
@@ -163,7 +187,7 @@ def evaluate(model, x, y, device: str, precision: str) -> tuple[float, float]:
 def train(label: str, data, epochs: int, hyp: dict, device: str, precision: str) -> dict:
     torch.manual_seed(hyp["seed"])
     xtr, ytr, xte, yte = data
-    model = build(label, device=device)
+    model = build(label, device=device, extra=hyp.get("model_kwargs"))
     opt = make_optimizer(model, hyp)
     bs = hyp["batch_size"]
     steps_per_epoch = len(xtr) // bs
@@ -189,6 +213,14 @@ def train(label: str, data, epochs: int, hyp: dict, device: str, precision: str)
     return dict(seconds=seconds, acc=acc, acc_tta=acc_tta)
 
 
+def parse_kw(text: str) -> dict:
+    out = {}
+    for item in filter(None, text.split(",")):
+        key, value = item.split("=", 1)
+        out[key] = int(value) if value.lstrip("-").isdigit() else value
+    return out
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", default=DEFAULT_MODELS, help="comma-separated candidate labels, or 'all'")
@@ -205,6 +237,7 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = leave torch's default); 1 measures "
                    "speed in CPU time per core, robust to a busy machine")
     p.add_argument("--iters", type=int, default=4, help="timed steps per speed probe")
+    p.add_argument("--kw", default="", help="extra model options, e.g. act=gelu,stem_pool=0")
     p.add_argument("--speed-only", action="store_true")
     p.add_argument("--no-speed", action="store_true", help="skip the speed probe (GPU grids)")
     return p.parse_args(argv)
@@ -218,6 +251,7 @@ def main(argv=None) -> None:
     hyp = {**HYP, **OPT_DEFAULTS[args.optimizer], "optimizer": args.optimizer, "batch_size": args.batch_size,
            "warmup_frac": args.warmup_frac, "translate_px": args.translate_px, "seed": args.seed}
     hyp["lr"] = args.lr or hyp["lr"]
+    hyp["model_kwargs"] = parse_kw(args.kw)
     hyp["weight_decay"] = hyp["weight_decay"] if args.weight_decay < 0 else args.weight_decay
     print(f"# torch {torch.__version__}, cpu capability {torch.backends.cpu.get_cpu_capability()}, "
           f"threads {torch.get_num_threads()}, device {args.device}, hyp {hyp}, train precision {args.precision}",
@@ -226,12 +260,12 @@ def main(argv=None) -> None:
     print(f"{'model':<16} {'params':>9} {'MFLOPs':>8} {'img/s fp32':>10} {'img/s bf16':>10} {'epochs':>6} "
           f"{'seconds':>8} {'test acc':>8} {'tta acc':>8}", flush=True)
     for label in labels:
-        model = build(label)
+        model = build(label, extra=hyp["model_kwargs"])
         params = sum(p.numel() for p in model.parameters())
         mflops = count_flops(model, (1, 28, 28)) / 1e6
         fp32 = bf16 = float("nan")
         if not args.no_speed:
-            fp32, bf16 = (speed(label, p, args.device, args.batch_size, args.iters) for p in ("fp32", "bf16"))
+            fp32, bf16 = (speed(label, p, args.device, args.batch_size, args.iters, hyp["model_kwargs"]) for p in ("fp32", "bf16"))
         row = f"{label:<16} {params:>9,} {mflops:>8.2f} {fp32:>10.0f} {bf16:>10.0f}"
         if args.speed_only:
             print(row, flush=True)

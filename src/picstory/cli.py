@@ -38,15 +38,36 @@ def _overrides(args: argparse.Namespace) -> dict:
     return {k: getattr(args, k) for k in C.FIELDS if k != "data" and getattr(args, k, None) is not None}
 
 
+class Parser(argparse.ArgumentParser):
+    """No abbreviated flags: ``--epoch`` must not silently mean ``--epochs``."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+
+def _reject_unknown(parser: argparse.ArgumentParser, args: argparse.Namespace, extra: list[str]) -> None:
+    """argparse reports unknown flags from the top-level parser; report them from the sub-command, with a
+    close match."""
+    sub = parser
+    for dest in ("command", "data_command"):
+        actions = [a for a in sub._actions if isinstance(a, argparse._SubParsersAction)]
+        if actions and getattr(args, dest, None):
+            sub = actions[0].choices[getattr(args, dest)]
+    known = [o for a in sub._actions for o in a.option_strings]
+    flag = next((a.split("=")[0] for a in extra if a.startswith("-")), extra[0])
+    sub.error(f"unrecognized argument {flag}{C.suggest(flag, known)}")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="picstory", description="A folder of labelled images → a trained, evaluated, "
+    p = Parser(prog="picstory", description="A folder of labelled images → a trained, evaluated, "
                                 "explained, exported and served image classifier.")
     p.add_argument("--debug", action="store_true", help="show tracebacks for errors")
     p.add_argument("--version", action="version", version=f"picstory {__import__('picstory').__version__}")
-    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=Parser)
 
-    data = sub.add_parser("data", help="check or export a data set").add_subparsers(dest="data_command",
-                                                                                    metavar="ACTION", required=True)
+    data = sub.add_parser("data", help="check or export a data set").add_subparsers(
+        dest="data_command", metavar="ACTION", required=True, parser_class=Parser)
     chk = data.add_parser("check", help="audit a data set: counts, bad files, duplicates, leaks → report")
     chk.add_argument("data", metavar="DATA")
     chk.add_argument("--out", default=None, help="report folder (default: data-check/NAME)")
@@ -131,7 +152,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        _reject_unknown(parser, args, extra)
     try:
         return int(run_command(args, argv) or 0)
     except UserError as e:

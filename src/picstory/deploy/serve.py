@@ -93,10 +93,12 @@ class MicroBatcher:
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run())
 
-    async def submit(self, x: torch.Tensor) -> np.ndarray:
-        future = asyncio.get_running_loop().create_future()
-        self.queue.put_nowait((x, future))
-        return await future
+    def enqueue(self, xs: list[torch.Tensor]) -> list[asyncio.Future]:
+        """Queue images at once (no await in between), so a batch sees all of a request's images or none."""
+        futures = [asyncio.get_running_loop().create_future() for _ in xs]
+        for x, f in zip(xs, futures):
+            self.queue.put_nowait((x, f))
+        return futures
 
     async def run_now(self, batch: torch.Tensor) -> np.ndarray:
         return await asyncio.get_running_loop().run_in_executor(self._executor, self.infer, batch)
@@ -109,7 +111,7 @@ class MicroBatcher:
                 items.append(self.queue.get_nowait())
                 continue
             remaining = deadline - time.monotonic()
-            if remaining <= 0 or not self.busy():  # a lone client should not pay max_wait_ms per request
+            if remaining <= 0 or not self.busy():  # wait only while a request is still on its way here
                 break
             try:
                 items.append(await asyncio.wait_for(self.queue.get(), remaining))
@@ -148,9 +150,11 @@ class _Service:
         self.log_args = (log_path, store_inputs, store_cap_mb)
         self.max_body_bytes, self.max_pixels, self.max_queue = max_body_bytes, max_pixels, max_queue
         self.batcher = MicroBatcher(lambda x: self.predictor.predict_proba(x), max_batch, max_wait_ms,
-                                    busy=lambda: self.in_flight > 1)
+                                    busy=lambda: self.preparing > 0)
         self.decode_slots = anyio.CapacityLimiter(max(2, os.cpu_count() or 2))
-        self.log, self.ready, self.in_flight = None, False, 0
+        self.log, self.ready = None, False
+        self.in_flight = 0  # admitted requests: the queue bound
+        self.preparing = 0  # admitted requests whose images are not queued yet: worth waiting for
 
     def model_ref(self) -> dict:
         return {"name": self.predictor.meta["arch"], "sha256": self.predictor.meta.get("sha256")}
@@ -183,6 +187,7 @@ class _Service:
             raise ApiError(503, "queue_full", f"{self.max_queue} requests are already waiting; retry shortly",
                            {"Retry-After": "1"})
         self.in_flight += 1
+        self.preparing += 1
         try:
             yield
         finally:
@@ -286,10 +291,14 @@ def _routes(app: FastAPI, service: _Service, page: str) -> None:
         "model": {"name", "sha256"}, "latency_ms"}`; several (`files`) → `{"results": [...], "model", ...}`."""
         start = time.perf_counter()
         with service.admit():
-            body = await _read_body(request, service.max_body_bytes)
-            images, several = await _uploads(request, body, service.batcher.max_batch)
-            await asyncio.gather(*(_prepare(service, img) for img in images))
-            probs = await asyncio.gather(*(service.batcher.submit(img.tensor) for img in images))
+            try:
+                body = await _read_body(request, service.max_body_bytes)
+                images, several = await _uploads(request, body, service.batcher.max_batch)
+                await asyncio.gather(*(_prepare(service, img) for img in images))
+                futures = service.batcher.enqueue([img.tensor for img in images])
+            finally:
+                service.preparing -= 1  # queued (or failed): no batch needs to wait for it any more
+            probs = await asyncio.gather(*futures)
         latency_ms = round((time.perf_counter() - start) * 1000, 2)
         k = min(top_k, len(service.predictor.classes))
         preds = [_top(p, service.predictor.classes, k) for p in probs]

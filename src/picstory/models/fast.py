@@ -19,20 +19,23 @@ from torch import nn
 from .registry import register_model
 
 
-def conv_bn(c_in: int, c_out: int, pool: str = "") -> nn.Sequential:
+ACTIVATIONS = {"relu": lambda: nn.ReLU(inplace=True), "gelu": nn.GELU, "silu": lambda: nn.SiLU(inplace=True)}
+
+
+def conv_bn(c_in: int, c_out: int, pool: str = "", act: str = "relu") -> nn.Sequential:
     """3×3 conv · BN · ReLU, optionally with a 2×2 max-pool ``"before"`` the conv or ``"after"`` it (then still
     before BN and ReLU, as in airbench: they run on a quarter of the pixels, and max commutes with ReLU)."""
     conv = nn.Conv2d(c_in, c_out, 3, padding=1, bias=False)
     layers = {"": [conv], "before": [nn.MaxPool2d(2), conv], "after": [conv, nn.MaxPool2d(2)]}[pool]
-    return nn.Sequential(*layers, nn.BatchNorm2d(c_out), nn.ReLU(inplace=True))
+    return nn.Sequential(*layers, nn.BatchNorm2d(c_out), ACTIVATIONS[act]())
 
 
 class Residual(nn.Module):
     """Two conv-BN-ReLU layers with an identity skip (ResNet-9's ``res`` block)."""
 
-    def __init__(self, channels: int):
+    def __init__(self, channels: int, act: str = "relu"):
         super().__init__()
-        self.body = nn.Sequential(conv_bn(channels, channels), conv_bn(channels, channels))
+        self.body = nn.Sequential(conv_bn(channels, channels, act=act), conv_bn(channels, channels, act=act))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.body(x)
@@ -41,8 +44,8 @@ class Residual(nn.Module):
 class Stage(nn.Sequential):
     """A widening conv (halving the size when ``pool``) followed by ``residual`` residual pairs."""
 
-    def __init__(self, c_in: int, c_out: int, residual: int, pool: str):
-        super().__init__(conv_bn(c_in, c_out, pool), *[Residual(c_out) for _ in range(residual)])
+    def __init__(self, c_in: int, c_out: int, residual: int, pool: str, act: str = "relu"):
+        super().__init__(conv_bn(c_in, c_out, pool, act), *[Residual(c_out, act) for _ in range(residual)])
 
 
 class PicNet(nn.Module):
@@ -50,15 +53,15 @@ class PicNet(nn.Module):
 
     def __init__(self, num_classes: int = 10, in_chans: int = 3, widths: tuple[int, int, int, int] = (24, 48, 96, 192),
                  residual: tuple[int, int, int] = (1, 0, 1), pool_first: bool = True, drop_rate: float = 0.0,
-                 img_size: int = 28):
+                 img_size: int = 28, act: str = "relu", stem_pool: bool = True):
         super().__init__()
         if len(widths) != 4 or len(residual) != 3:
             raise ValueError("PicNet needs 4 widths (stem + 3 stages) and 3 residual counts")
         # the stem pools right after its conv: full-resolution BN and ReLU cost a quarter of the step on a CPU
-        self.stem = conv_bn(in_chans, widths[0], pool="after")
+        self.stem = conv_bn(in_chans, widths[0], "after" if stem_pool else "", act)
         pool = "before" if pool_first else "after"
-        self.stages = nn.Sequential(Stage(widths[0], widths[1], residual[0], ""),
-                                    *[Stage(widths[i], widths[i + 1], residual[i], pool) for i in (1, 2)])
+        self.stages = nn.Sequential(Stage(widths[0], widths[1], residual[0], "" if stem_pool else "before", act),
+                                    *[Stage(widths[i], widths[i + 1], residual[i], pool, act) for i in (1, 2)])
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.drop = nn.Dropout(drop_rate)
         self.fc = nn.Linear(widths[-1], num_classes)

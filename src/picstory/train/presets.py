@@ -28,3 +28,11 @@ def preset_values(preset: str, img_size: int) -> dict:
 def photo_size(median_short_side: float) -> int:
     """Training size for photos: 224 (the pretrained size) unless the images are smaller, in steps of 32."""
     return int(max(64, min(224, 32 * round(median_short_side / 32))))
+
+
+def fit_batch_size(batch_size: int, n_images: int, min_steps: int = 30, floor: int = 32) -> int:
+    """Halve the preset's batch until an epoch has ``min_steps`` steps (or the batch reaches ``floor``): a small
+    data set needs more, smaller steps — 1,400 images in batches of 256 give 5 updates an epoch."""
+    while batch_size > floor and n_images * 0.8 / batch_size < min_steps:
+        batch_size //= 2
+    return batch_size

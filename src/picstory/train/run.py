@@ -24,7 +24,7 @@ from .data import TrainData, load_train_data
 from .distributed import Dist, barrier, broadcast_object, setup, teardown
 from .engine import Learner
 from .optim import build_optimizer, make_schedule, param_groups
-from .presets import photo_size, preset_values
+from .presets import fit_batch_size, photo_size, preset_values
 
 
 @dataclass
@@ -46,6 +46,7 @@ def resolve_config(user: dict, source: sources.Source) -> C.Config:
     img_size = cfg.data.img_size or _auto_img_size(source)
     values = preset_values(cfg.train.preset, img_size)
     values["img_size"] = img_size
+    values["batch_size"] = fit_batch_size(values["batch_size"], len(source.records))
     if cfg.data.channels == "auto":
         from ..data.cache import detect_channels
 
