@@ -1,15 +1,18 @@
 """Architecture probe: speed, FLOPs and a short real Fashion-MNIST training per candidate, in one table.
 
-    .venv/bin/python bench/models.py                                # picnet family + seed CNNs, speed + training
-    .venv/bin/python bench/models.py --models picnet-s --epochs 4   # one model, one budget
-    .venv/bin/python bench/models.py --speed-only --models all      # every candidate, no training
-    python3 bench/models.py --device cuda --grid ...               # accuracy-per-epoch grids on a GPU
+    .venv/bin/python bench/models.py                        # speed of the family + the 30 s / 2 min / 6 min recipes
+    .venv/bin/python bench/models.py --budgets 30s          # one recipe
+    .venv/bin/python bench/models.py --models picnet-s,v-24-000 --epochs 4,8 --lr 0.4   # a grid
+    .venv/bin/python bench/models.py --speed-only --threads 1 --models all              # every candidate's speed
+    python3 bench/models.py --device cuda --no-speed --models v-16-101 --epochs 16 --kw act=gelu   # GPU grid
 
-Speed: forward+backward images/s at batch 256, fp32 and bf16 autocast, channels_last, a few timed steps after
-warm-up (the machine is shared: compare rows of one run, repeat when close). Training: the inline airbench-style
-loop below — flip + random-translate on uint8 tensors, label smoothing 0.1, piecewise-linear one-cycle LR,
-SGD-Nesterov or AdamW — then test accuracy without and with flip TTA. Accuracy per epoch does not depend on the
-hardware, so grids can run on a GPU and CPU seconds follow from epochs × 60,000 / CPU img/s.
+Speed: forward+backward+step images/s at batch 256, fp32 and bf16 autocast, channels_last, a few timed steps after
+warm-up. Other processes share the cores: compare rows of one run and repeat when close; ``--threads 1`` measures
+CPU time of one core instead of wall time, which a busy machine barely disturbs (2 cores ≈ 1.75× that figure).
+Training: the inline airbench-style loop below — batched flip (+ optional random translate) on uint8 tensors,
+label smoothing 0.1, piecewise-linear one-cycle LR, SGD-Nesterov or AdamW, bf16 autocast — then test accuracy without
+and with flip TTA. Accuracy per epoch does not depend on the hardware, so grids can run on a GPU and CPU seconds
+follow from epochs × 60,000 / CPU img/s; the budget recipes are then timed for real on the CPU.
 """
 
 from __future__ import annotations
@@ -30,48 +33,18 @@ from picstory.models import count_flops, create_model  # noqa: E402
 # label → (registry name, extra kwargs). Variants v-W-RRR[c]: widths W·(1, 2, 4, 8), residual pairs per stage RRR,
 # "c": stages 2-3 convolve before pooling (4× the FLOPs, more detail) instead of after.
 CANDIDATES: dict[str, tuple[str, dict]] = {
-    "seed-mnist-cnn": ("seed-mnist-cnn", {}),
-    "seed-cifar-cnn": ("seed-cifar-cnn", {}),
-    "picnet-s": ("picnet-s", {}),
-    "picnet-m": ("picnet-m", {}),
-    "picnet-l": ("picnet-l", {}),
-    "v-16-000": ("picnet-s", dict(widths=(16, 32, 64, 128), residual=(0, 0, 0), pool_first=True)),
-    "v-16-000c": ("picnet-s", dict(widths=(16, 32, 64, 128), residual=(0, 0, 0), pool_first=False)),
-    "v-16-001": ("picnet-s", dict(widths=(16, 32, 64, 128), residual=(0, 0, 1), pool_first=True)),
-    "v-16-001c": ("picnet-s", dict(widths=(16, 32, 64, 128), residual=(0, 0, 1), pool_first=False)),
-    "v-16-101": ("picnet-s", dict(widths=(16, 32, 64, 128), residual=(1, 0, 1), pool_first=True)),
-    "v-16-101c": ("picnet-s", dict(widths=(16, 32, 64, 128), residual=(1, 0, 1), pool_first=False)),
-    "v-16-111": ("picnet-s", dict(widths=(16, 32, 64, 128), residual=(1, 1, 1), pool_first=True)),
-    "v-16-111c": ("picnet-s", dict(widths=(16, 32, 64, 128), residual=(1, 1, 1), pool_first=False)),
-    "v-24-000": ("picnet-s", dict(widths=(24, 48, 96, 192), residual=(0, 0, 0), pool_first=True)),
-    "v-24-000c": ("picnet-s", dict(widths=(24, 48, 96, 192), residual=(0, 0, 0), pool_first=False)),
-    "v-24-001": ("picnet-s", dict(widths=(24, 48, 96, 192), residual=(0, 0, 1), pool_first=True)),
-    "v-24-001c": ("picnet-s", dict(widths=(24, 48, 96, 192), residual=(0, 0, 1), pool_first=False)),
-    "v-24-101": ("picnet-s", dict(widths=(24, 48, 96, 192), residual=(1, 0, 1), pool_first=True)),
-    "v-24-101c": ("picnet-s", dict(widths=(24, 48, 96, 192), residual=(1, 0, 1), pool_first=False)),
-    "v-24-111": ("picnet-s", dict(widths=(24, 48, 96, 192), residual=(1, 1, 1), pool_first=True)),
-    "v-24-111c": ("picnet-s", dict(widths=(24, 48, 96, 192), residual=(1, 1, 1), pool_first=False)),
-    "v-32-000": ("picnet-s", dict(widths=(32, 64, 128, 256), residual=(0, 0, 0), pool_first=True)),
-    "v-32-000c": ("picnet-s", dict(widths=(32, 64, 128, 256), residual=(0, 0, 0), pool_first=False)),
-    "v-32-001": ("picnet-s", dict(widths=(32, 64, 128, 256), residual=(0, 0, 1), pool_first=True)),
-    "v-32-001c": ("picnet-s", dict(widths=(32, 64, 128, 256), residual=(0, 0, 1), pool_first=False)),
-    "v-32-101": ("picnet-s", dict(widths=(32, 64, 128, 256), residual=(1, 0, 1), pool_first=True)),
-    "v-32-101c": ("picnet-s", dict(widths=(32, 64, 128, 256), residual=(1, 0, 1), pool_first=False)),
-    "v-32-111": ("picnet-s", dict(widths=(32, 64, 128, 256), residual=(1, 1, 1), pool_first=True)),
-    "v-32-111c": ("picnet-s", dict(widths=(32, 64, 128, 256), residual=(1, 1, 1), pool_first=False)),
-    "v-48-000": ("picnet-s", dict(widths=(48, 96, 192, 384), residual=(0, 0, 0), pool_first=True)),
-    "v-48-000c": ("picnet-s", dict(widths=(48, 96, 192, 384), residual=(0, 0, 0), pool_first=False)),
-    "v-48-001": ("picnet-s", dict(widths=(48, 96, 192, 384), residual=(0, 0, 1), pool_first=True)),
-    "v-48-001c": ("picnet-s", dict(widths=(48, 96, 192, 384), residual=(0, 0, 1), pool_first=False)),
-    "v-48-101": ("picnet-s", dict(widths=(48, 96, 192, 384), residual=(1, 0, 1), pool_first=True)),
-    "v-48-101c": ("picnet-s", dict(widths=(48, 96, 192, 384), residual=(1, 0, 1), pool_first=False)),
-    "v-48-111": ("picnet-s", dict(widths=(48, 96, 192, 384), residual=(1, 1, 1), pool_first=True)),
-    "v-48-111c": ("picnet-s", dict(widths=(48, 96, 192, 384), residual=(1, 1, 1), pool_first=False)),
-}
+    name: (name, {}) for name in ("seed-mnist-cnn", "seed-cifar-cnn", "picnet-s", "picnet-m", "picnet-l")}
+CANDIDATES.update({
+    f"v-{w}-{r}{c}": ("picnet-s", dict(widths=(w, 2 * w, 4 * w, 8 * w), residual=tuple(int(d) for d in r),
+                                       pool_first=not c))
+    for w in (16, 24, 32, 48) for r in ("000", "001", "101", "111") for c in ("", "c")})
 DEFAULT_MODELS = "seed-mnist-cnn,picnet-s,picnet-m,picnet-l"
-HYP = dict(batch_size=256, optimizer="sgd", lr=0.1, weight_decay=5e-4, warmup_frac=0.2, label_smoothing=0.1,
-           translate_px=2, seed=0)
-OPT_DEFAULTS = {"sgd": dict(lr=0.1, weight_decay=5e-4), "adamw": dict(lr=3e-3, weight_decay=0.05)}
+HYP = dict(batch_size=256, optimizer="sgd", lr=0.2, weight_decay=5e-4, warmup_frac=0.2, label_smoothing=0.1,
+           translate_px=0, seed=0)
+OPT_DEFAULTS = {"sgd": dict(lr=0.2, weight_decay=5e-4), "adamw": dict(lr=1e-2, weight_decay=0.05)}
+# The recommended recipe per time budget on 2 CPU cores (found with the grids; see models/fast.py).
+BUDGETS = {"30s": ("picnet-s", 5, dict(lr=0.4)), "2min": ("picnet-m", 11, dict(lr=0.4)),
+           "6min": ("picnet-l", 24, dict(lr=0.2))}
 
 
 def load_fashion(device: str):
@@ -119,7 +92,8 @@ def build(label: str, in_chans: int = 1, img_size: int = 28, device: str = "cpu"
     return model.to(device).to(memory_format=torch.channels_last)
 
 
-def speed(label: str, precision: str, device: str, batch: int = 256, iters: int = 4, extra: dict | None = None) -> float:
+def speed(label: str, precision: str, device: str, batch: int = 256, iters: int = 4,
+          extra: dict | None = None) -> float:
     """Training images/s (forward + backward + SGD step) at ``batch``."""
     model = build(label, device=device, extra=extra)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
@@ -136,13 +110,17 @@ def speed(label: str, precision: str, device: str, batch: int = 256, iters: int 
     for _ in range(2):
         step()
     sync(device)
-    # one torch thread: CPU seconds (not wall seconds) are then robust to other processes on a shared machine
-    clock = time.thread_time if torch.get_num_threads() == 1 and device == "cpu" else time.perf_counter
+    clock = pick_clock(device)
     t0 = clock()
     for _ in range(iters):
         step()
     sync(device)
     return batch * iters / (clock() - t0)
+
+
+def pick_clock(device: str):
+    """One torch thread on a CPU: count CPU seconds, not wall seconds, which other processes barely disturb."""
+    return time.thread_time if torch.get_num_threads() == 1 and device == "cpu" else time.perf_counter
 
 
 def sync(device: str) -> None:
@@ -194,7 +172,8 @@ def train(label: str, data, epochs: int, hyp: dict, device: str, precision: str)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, one_cycle(epochs * steps_per_epoch, hyp["warmup_frac"]))
     gen = torch.Generator(device=device).manual_seed(hyp["seed"])
     sync(device)
-    t0 = time.perf_counter()
+    clock = pick_clock(device)
+    t0 = clock()
     for _ in range(epochs):
         model.train()
         order = torch.randperm(len(xtr), device=device, generator=gen)
@@ -208,7 +187,7 @@ def train(label: str, data, epochs: int, hyp: dict, device: str, precision: str)
             opt.zero_grad(set_to_none=True)
             sched.step()
     sync(device)
-    seconds = time.perf_counter() - t0
+    seconds = clock() - t0
     acc, acc_tta = evaluate(model, xte, yte, device, precision)
     return dict(seconds=seconds, acc=acc, acc_tta=acc_tta)
 
@@ -217,30 +196,56 @@ def parse_kw(text: str) -> dict:
     out = {}
     for item in filter(None, text.split(",")):
         key, value = item.split("=", 1)
-        out[key] = int(value) if value.lstrip("-").isdigit() else value
+        if "-" in value.strip("-"):  # tuples: widths=16-32-64-128
+            out[key] = tuple(int(v) for v in value.split("-"))
+        else:
+            out[key] = int(value) if value.lstrip("-").isdigit() else value
     return out
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", default=DEFAULT_MODELS, help="comma-separated candidate labels, or 'all'")
-    p.add_argument("--epochs", default="4", help="comma-separated epoch budgets to train each model for")
+    p.add_argument("--epochs", default="", help="comma-separated epochs: train every model for each (a grid)")
+    p.add_argument("--budgets", default=",".join(BUDGETS), help="recipes to run when --epochs is not given "
+                   f"({', '.join(f'{k}: {v[0]} {v[1]} epochs' for k, v in BUDGETS.items())}); '' for none")
     p.add_argument("--optimizer", default="sgd", choices=("sgd", "adamw"))
     p.add_argument("--lr", type=float, default=0.0, help="peak LR (0 = the optimizer's default)")
     p.add_argument("--weight-decay", type=float, default=-1.0, help="(-1 = the optimizer's default)")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--warmup-frac", type=float, default=0.2)
-    p.add_argument("--translate-px", type=int, default=2)
+    p.add_argument("--translate-px", type=int, default=0, help="random shift in px (0 = flip only)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--precision", default="bf16", choices=("bf16", "fp32"), help="training precision")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0 = leave torch's default); 1 measures "
-                   "speed in CPU time per core, robust to a busy machine")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default); 1 measures speed "
+                   "in CPU time of one core, robust to a busy machine")
     p.add_argument("--iters", type=int, default=4, help="timed steps per speed probe")
-    p.add_argument("--kw", default="", help="extra model options, e.g. act=gelu,stem_pool=0")
+    p.add_argument("--kw", default="", help="extra model options, e.g. act=gelu,residual=0-0-1")
     p.add_argument("--speed-only", action="store_true")
     p.add_argument("--no-speed", action="store_true", help="skip the speed probe (GPU grids)")
     return p.parse_args(argv)
+
+
+def make_hyp(args, **overrides) -> dict:
+    hyp = {**HYP, **OPT_DEFAULTS[args.optimizer], "optimizer": args.optimizer, "batch_size": args.batch_size,
+           "warmup_frac": args.warmup_frac, "translate_px": args.translate_px, "seed": args.seed,
+           "model_kwargs": parse_kw(args.kw)}
+    if args.lr:
+        hyp["lr"] = args.lr
+    if args.weight_decay >= 0:
+        hyp["weight_decay"] = args.weight_decay
+    return {**hyp, **overrides}
+
+
+def probe_row(label: str, args, extra: dict) -> str:
+    model = build(label, extra=extra)
+    params = sum(p.numel() for p in model.parameters())
+    mflops = count_flops(model, (1, 28, 28)) / 1e6
+    fp32 = bf16 = float("nan")
+    if not args.no_speed:
+        fp32, bf16 = (speed(label, p, args.device, args.batch_size, args.iters, extra) for p in ("fp32", "bf16"))
+    return f"{label:<16} {params:>9,} {mflops:>8.2f} {fp32:>10.0f} {bf16:>10.0f}"
 
 
 def main(argv=None) -> None:
@@ -248,31 +253,30 @@ def main(argv=None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     labels = list(CANDIDATES) if args.models == "all" else args.models.split(",")
-    hyp = {**HYP, **OPT_DEFAULTS[args.optimizer], "optimizer": args.optimizer, "batch_size": args.batch_size,
-           "warmup_frac": args.warmup_frac, "translate_px": args.translate_px, "seed": args.seed}
-    hyp["lr"] = args.lr or hyp["lr"]
-    hyp["model_kwargs"] = parse_kw(args.kw)
-    hyp["weight_decay"] = hyp["weight_decay"] if args.weight_decay < 0 else args.weight_decay
+    hyp = make_hyp(args)
     print(f"# torch {torch.__version__}, cpu capability {torch.backends.cpu.get_cpu_capability()}, "
           f"threads {torch.get_num_threads()}, device {args.device}, hyp {hyp}, train precision {args.precision}",
           flush=True)
     data = None if args.speed_only else load_fashion(args.device)
     print(f"{'model':<16} {'params':>9} {'MFLOPs':>8} {'img/s fp32':>10} {'img/s bf16':>10} {'epochs':>6} "
-          f"{'seconds':>8} {'test acc':>8} {'tta acc':>8}", flush=True)
+          f"{'seconds':>8} {'test acc':>8} {'tta acc':>8}  budget", flush=True)
+    rows = {}
     for label in labels:
-        model = build(label, extra=hyp["model_kwargs"])
-        params = sum(p.numel() for p in model.parameters())
-        mflops = count_flops(model, (1, 28, 28)) / 1e6
-        fp32 = bf16 = float("nan")
-        if not args.no_speed:
-            fp32, bf16 = (speed(label, p, args.device, args.batch_size, args.iters, hyp["model_kwargs"]) for p in ("fp32", "bf16"))
-        row = f"{label:<16} {params:>9,} {mflops:>8.2f} {fp32:>10.0f} {bf16:>10.0f}"
-        if args.speed_only:
-            print(row, flush=True)
+        rows[label] = probe_row(label, args, hyp["model_kwargs"])
+        if args.speed_only or not args.epochs:
+            print(rows[label], flush=True)
             continue
         for epochs in [int(e) for e in args.epochs.split(",")]:
             r = train(label, data, epochs, hyp, args.device, args.precision)
-            print(f"{row} {epochs:>6} {r['seconds']:>8.1f} {r['acc']:>8.4f} {r['acc_tta']:>8.4f}", flush=True)
+            print(f"{rows[label]} {epochs:>6} {r['seconds']:>8.1f} {r['acc']:>8.4f} {r['acc_tta']:>8.4f}", flush=True)
+    if args.speed_only or args.epochs:
+        return
+    for budget in filter(None, args.budgets.split(",")):
+        label, epochs, overrides = BUDGETS[budget]
+        row = rows.get(label) or probe_row(label, args, hyp["model_kwargs"])
+        r = train(label, data, epochs, make_hyp(args, **overrides), args.device, args.precision)
+        print(f"{row} {epochs:>6} {r['seconds']:>8.1f} {r['acc']:>8.4f} {r['acc_tta']:>8.4f}  {budget} "
+              f"(lr {overrides.get('lr', hyp['lr'])})", flush=True)
 
 
 if __name__ == "__main__":

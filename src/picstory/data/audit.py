@@ -282,7 +282,7 @@ def _unusable(report: dict, max_bad_fraction: float) -> list[str]:
     nbad, nfiles = len(report["bad_files"]), max(1, report["files"])
     if nbad and nbad / nfiles > max_bad_fraction:
         reasons.append(f"{nbad} of {nfiles} files ({nbad / nfiles:.0%}) are unreadable or unlabelled; at most "
-                       f"{max_bad_fraction:.0%} may be (fix or remove them, or raise max_bad_fraction)")
+                       f"{max_bad_fraction:.0%} may be (fix or remove them, or raise --max-bad-fraction)")
     return reasons
 
 

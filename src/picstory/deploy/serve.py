@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import hashlib
 import json
 import os
@@ -47,9 +48,8 @@ from starlette.requests import ClientDisconnect
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
-from ..data.decode import DecodeError, probe
+from ..data.decode import DecodeError, ImageInfo, probe
 from ..monitor.log import Entry, PredictionLog, default_log_path
-from .bundle import find_bundle
 from .predict import load, preprocess
 
 DEFAULT_MAX_PIXELS = 40_000_000  # a 40 MP photo; decoding one takes ~120 MB, so the limit bounds memory per request
@@ -75,9 +75,7 @@ def _error(status: int, code: str, message: str, headers: dict | None = None) ->
 class _Image:
     name: str
     data: bytes
-    width: int = 0
-    height: int = 0
-    ext: str = "bin"
+    info: ImageInfo | None = None  # from the header
     tensor: torch.Tensor | None = None
 
 
@@ -131,10 +129,9 @@ class MicroBatcher:
                     f.set_exception(out) if isinstance(out, Exception) else f.set_result(out)
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
         self._executor.shutdown(wait=True)  # uvicorn has drained the requests: nothing is left in the queue
 
 
@@ -145,8 +142,6 @@ class _Service:
                  max_body_bytes: int, max_pixels: int, max_queue: int, max_batch: int, max_wait_ms: float):
         self.target, self.backend, self.device = target, backend, device
         self.predictor = None if isinstance(target, (str, Path)) else target
-        if self.predictor is None and Path(target).expanduser().exists():
-            find_bundle(target)  # a wrong path fails now, with a one-line error, not inside the event loop
         self.log_args = (log_path, store_inputs, store_cap_mb)
         self.max_body_bytes, self.max_pixels, self.max_queue = max_body_bytes, max_pixels, max_queue
         self.batcher = MicroBatcher(lambda x: self.predictor.predict_proba(x), max_batch, max_wait_ms,
@@ -167,10 +162,9 @@ class _Service:
         for n in (1, 2):  # first calls allocate and pick kernels; keep that off the first client's clock
             await self.batcher.run_now(torch.zeros(n, c, s, s, dtype=torch.uint8))
         log_path, store, cap = self.log_args
-        bundle = getattr(self.predictor, "bundle_dir", None)
-        log_path = log_path or (default_log_path(bundle) if bundle is not None else None)
-        if log_path is not None:  # a model without a bundle directory logs only with an explicit log_path
-            self.log = PredictionLog(log_path, store, cap)
+        bundle = getattr(self.predictor, "bundle_dir", None)  # a model without one logs only to a given log_path
+        if log_path or bundle is not None:
+            self.log = PredictionLog(log_path or default_log_path(bundle), store, cap)
         self.ready = True
 
     async def stop(self) -> None:
@@ -187,7 +181,7 @@ class _Service:
             raise ApiError(503, "queue_full", f"{self.max_queue} requests are already waiting; retry shortly",
                            {"Retry-After": "1"})
         self.in_flight += 1
-        self.preparing += 1
+        self.preparing += 1  # the handler takes it back once its images are queued
         try:
             yield
         finally:
@@ -249,18 +243,11 @@ def _decode_error(name: str, reason: str, max_pixels: int) -> ApiError:
 async def _prepare(service: _Service, img: _Image) -> None:
     """Header first (size, format), so a decompression bomb is refused before any pixel is decoded; then decode."""
     try:
-        info = probe(img.data, max_pixels=service.max_pixels)
-        img.width, img.height = info.width, info.height
-        img.ext = EXT.get(info.format or "", (info.format or "bin").lower())
+        img.info = probe(img.data, max_pixels=service.max_pixels)
         img.tensor = await anyio.to_thread.run_sync(preprocess, img.data, service.predictor.meta,
                                                     limiter=service.decode_slots)
     except DecodeError as e:
         raise _decode_error(img.name, e.reason, service.max_pixels) from None
-
-
-def _top(probs: np.ndarray, classes: list[str], k: int) -> list[dict]:
-    idx = np.argsort(-probs, kind="stable")[:k]
-    return [{"label": classes[i], "probability": round(float(probs[i]), 6)} for i in idx]
 
 
 def _log(service: _Service, images: list[_Image], preds: list[list[dict]], latency_ms: float) -> None:
@@ -268,8 +255,9 @@ def _log(service: _Service, images: list[_Image], preds: list[list[dict]], laten
         return
     keep, model_sha = service.log.store is not None, service.predictor.meta.get("sha256") or ""
     for img, p in zip(images, preds):
-        service.log.record(Entry(model_sha, hashlib.sha256(img.data).hexdigest(), img.width, img.height, p,
-                                 latency_ms, img.data if keep else None, img.ext))
+        fmt = img.info.format or "bin"
+        service.log.record(Entry(model_sha, hashlib.sha256(img.data).hexdigest(), img.info.width, img.info.height,
+                                 p, latency_ms, img.data if keep else None, EXT.get(fmt, fmt.lower())))
 
 
 _BINARY = {"type": "string", "format": "binary"}
@@ -300,8 +288,8 @@ def _routes(app: FastAPI, service: _Service, page: str) -> None:
                 service.preparing -= 1  # queued (or failed): no batch needs to wait for it any more
             probs = await asyncio.gather(*futures)
         latency_ms = round((time.perf_counter() - start) * 1000, 2)
-        k = min(top_k, len(service.predictor.classes))
-        preds = [_top(p, service.predictor.classes, k) for p in probs]
+        classes, order = service.predictor.classes, np.argsort(-np.stack(probs), axis=1, kind="stable")[:, :top_k]
+        preds = [[{"label": classes[i], "probability": round(float(p[i]), 6)} for i in o] for p, o in zip(probs, order)]
         _log(service, images, preds, latency_ms)
         results = [{"input": img.name, "predictions": p} for img, p in zip(images, preds)]
         body_out = {"results": results} if several else results[0]
@@ -357,11 +345,9 @@ def create_app(target: str | Path | Any, backend: str = "torch", log_path: str |
                store_inputs: str | Path | None = None, max_body_bytes: int = 10 * 2**20,
                max_pixels: int = DEFAULT_MAX_PIXELS, max_queue: int = 64, max_batch: int = 32,
                max_wait_ms: float = 5.0, device: str = "cpu", store_cap_mb: float | None = None) -> FastAPI:
-    """The FastAPI app for ``target``: a run or bundle directory (or an already loaded Predictor).
-
-    The model is loaded and warmed in the lifespan start-up; /health/ready answers 503 until then.
-    ``log_path`` defaults to RUN/predictions.sqlite; ``store_inputs`` keeps each input as DIR/<sha256>.<ext>.
-    """
+    """The app for ``target``, a run or bundle directory (or a loaded Predictor), loaded and warmed in the lifespan
+    start-up (/health/ready is 503 until then). ``log_path`` defaults to RUN/predictions.sqlite; ``store_inputs``
+    keeps each input as DIR/<sha256>.<ext>."""
     service = _Service(target, backend, device, log_path, store_inputs, store_cap_mb, max_body_bytes, max_pixels,
                        max_queue, max_batch, max_wait_ms)
 
@@ -375,30 +361,39 @@ def create_app(target: str | Path | Any, backend: str = "torch", log_path: str |
 
     app = FastAPI(title="picstory", version=__version__, lifespan=lifespan,
                   description=(__doc__ or "").split("\n\n", 1)[1])
+    app.state.service = service  # for tests and embedding apps: limits, queue, log
     _handlers(app)
     _routes(app, service, resources.files(__package__).joinpath("page.html").read_text(encoding="utf-8"))
     return app
 
 
+def _process_app(target: str | Path, **kw: Any) -> FastAPI:
+    """A server process's app. Loading first makes a wrong path or a corrupt bundle a one-line error."""
+    predictor = load(target, kw.get("device", "cpu"), kw.get("backend", "torch"))
+    # imports and model are ~270k long-lived objects; left in view, each full collection paused every request
+    # for ~120 ms under load (bench/serve_load.py p99). Frozen, the collector only walks per-request garbage.
+    gc.collect()
+    gc.freeze()
+    return create_app(predictor, **kw)
+
+
 def app_from_env() -> FastAPI:
     """uvicorn factory for ``workers > 1``: each worker process builds its own app from serve()'s options."""
-    return create_app(**json.loads(os.environ[CONFIG_ENV]))
+    return _process_app(**json.loads(os.environ[CONFIG_ENV]))
 
 
 def serve(target: str | Path, host: str = "127.0.0.1", port: int = 8000, workers: int = 1, **kw: Any) -> None:
     """Run the server until Ctrl-C / SIGTERM; in-flight requests finish and the log is flushed on the way out."""
     import uvicorn
 
-    # loading before uvicorn starts turns a wrong path or a corrupt bundle into a one-line error, not a traceback
-    predictor = load(target, kw.get("device", "cpu"), kw.get("backend", "torch"))
     if host not in ("127.0.0.1", "localhost", "::1"):
         print(f"picstory serve: listening on {host}: reachable from other machines, with no authentication",
               file=sys.stderr)
     opts = {"host": host, "port": port, "timeout_graceful_shutdown": 30, "log_level": "info"}
     if workers <= 1:
-        uvicorn.run(create_app(predictor, **kw), **opts)
+        uvicorn.run(_process_app(target, **kw), **opts)
         return
-    del predictor  # each worker process loads its own copy
+    load(target, kw.get("device", "cpu"), kw.get("backend", "torch"))  # fail once, here, not in every worker
     os.environ[CONFIG_ENV] = json.dumps({"target": str(target), **{k: str(v) if isinstance(v, Path) else v
                                                                    for k, v in kw.items()}})
     uvicorn.run(f"{__name__}:app_from_env", factory=True, workers=workers, **opts)

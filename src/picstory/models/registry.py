@@ -123,8 +123,8 @@ def create_model(name: str, num_classes: int, in_chans: int = 3, pretrained: boo
         try:
             model = entry.fn(num_classes=num_classes, in_chans=in_chans, img_size=img_size, drop_rate=drop_rate,
                              **kwargs)
-        except TypeError as e:
-            raise ConfigError(f"model '{name}': unsupported option ({e})") from e
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"model '{name}': {e}") from e
         info = {"mean": entry.mean, "std": entry.std, "head": entry.head}
     elif _is_timm(name):
         model, info = _create_timm(name, num_classes, in_chans, img_size, drop_rate, kwargs)
@@ -143,7 +143,7 @@ def default_model(img_size: int, num_images: int, in_chans: int) -> str:
     """The ``--model auto`` choice: small images train a PicNet from scratch (sized by the amount of data, since
     a larger net only pays off with enough images to fit it); photos fine-tune pretrained EfficientNet-Lite0."""
     if img_size <= SMALL_IMAGE_PX:
-        if num_images < 5_000:
+        if num_images < 10_000:
             return "picnet-s"
         return "picnet-m" if num_images < 100_000 else "picnet-l"
     return "efficientnet_lite0"

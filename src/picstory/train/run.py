@@ -59,7 +59,11 @@ def resolve_config(user: dict, source: sources.Source) -> C.Config:
         model = values["model"]
     extra = {"model": model}
     if resolved.model.freeze_epochs < 0:
-        extra["freeze_epochs"] = 0
+        from ..models import has_pretrained
+
+        # a pretrained backbone first waits one epoch while the new, random head learns (fine-tuning practice)
+        pretrained = resolved.model.pretrained and not resolved.model.weights and has_pretrained(model)
+        extra["freeze_epochs"] = 1 if pretrained and resolved.train.epochs >= 3 else 0
     return resolved.updated(**extra)
 
 
