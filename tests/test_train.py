@@ -122,7 +122,7 @@ def test_bad_inputs(tmp_path, gray_folder, runs_dir):
         picstory.train(str(gray_folder), out=str(runs_dir), **{**FAST, "epochs": -1})
     with pytest.raises(ConfigError, match="lr"):
         picstory.train(str(gray_folder), out=str(runs_dir), lr="abc", **FAST)
-    with pytest.raises(ConfigError, match="larger --img-size"):
+    with pytest.raises(ConfigError, match="at least 4 px|larger --img-size"):
         picstory.train(str(gray_folder), out=str(runs_dir), **{**FAST, "img_size": 2})
     with pytest.raises(DataError, match="not found"):
         picstory.train(str(tmp_path / "nope"), out=str(runs_dir), **FAST)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
+import time
 
 import torch
 
@@ -45,6 +46,51 @@ def pick_precision(name: str, device: torch.device, cpu_bf16_pays: bool = True) 
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return torch.bfloat16 if (cpu_bf16_pays and cpu_has_fast_bf16()) else None
+
+
+def probe_bf16(model: torch.nn.Module, x: torch.Tensor, min_gain: float = 1.15) -> bool:
+    """Time forward+backward of this model on one batch in fp32 and in bf16 autocast; True when bf16 is at
+    least ``min_gain`` faster. Native bf16 pays for dense convolutions and matmuls but can lose on depthwise
+    convolutions (EfficientNet), so the choice is measured per model. Eval mode keeps BatchNorm statistics
+    untouched and no optimizer step runs, so the probe leaves the model as it was."""
+    was_training = model.training
+    model.eval()
+    x = x[:32]
+    timings = {}
+    try:
+        for dtype in (None, torch.bfloat16, None, torch.bfloat16):  # interleaved: noise hits both alike
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype is not None):
+                model(x).float().sum().backward()  # warm-up: oneDNN builds its kernels on first use
+                start = time.perf_counter()
+                model(x).float().sum().backward()
+            timings.setdefault(dtype, []).append(time.perf_counter() - start)
+    finally:
+        model.zero_grad(set_to_none=True)
+        model.train(was_training)
+    return min(timings[None]) >= min_gain * min(timings[torch.bfloat16])
+
+
+def remembered_bf16_choice(arch: str, model: torch.nn.Module, x: torch.Tensor) -> bool:
+    """probe_bf16, remembered per (architecture, input shape, CPU, torch) in the cache folder: timing noise must
+    not make two runs with the same seed compute differently, and the probe is paid once per machine."""
+    import json
+    import platform
+
+    from .data.cache import cache_root
+    from .train.checkpoint import atomic_write
+
+    key = f"{arch}|{tuple(x.shape[1:])}|{min(len(x), 32)}|{platform.processor() or platform.machine()}|" \
+          f"{torch.__version__}|{torch.get_num_threads()}"
+    path = cache_root() / "precision.json"
+    try:
+        known = json.loads(path.read_text())
+    except (OSError, ValueError):
+        known = {}
+    if key not in known:
+        known[key] = probe_bf16(model, x)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, json.dumps(known, indent=1))
+    return bool(known[key])
 
 
 def set_threads(threads: int = 0) -> int:

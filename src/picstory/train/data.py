@@ -148,6 +148,13 @@ def _create_model(cfg: C.Config, num_classes: int, in_chans: int) -> tuple[torch
                           "choose a larger --img-size or another --model") from None
     if m.weights:
         load_weights(model, m.weights)
+    if pretrained:
+        # a zero head starts every class at equal odds; timm's Google-style init draws ±1/√classes, which for a
+        # handful of classes gives confident nonsense (an initial loss of ~6 instead of ln K)
+        head = getattr(model, model.picstory_cfg.get("head", ""), None)
+        if isinstance(head, torch.nn.Linear):
+            torch.nn.init.zeros_(head.weight)
+            torch.nn.init.zeros_(head.bias)
     return model, pretrained
 
 

@@ -63,6 +63,7 @@ class Learner:
     metrics: dict = field(default_factory=dict)
     history: list[dict] = field(default_factory=list)
     stop_reason: str = "max epochs"
+    current_lr: float = 0.0  # the head's LR at the last step (the backbone's may be a fraction of it)
 
     def emit(self, event: str) -> None:
         """Run every callback for the event; a stop request is raised after all of them ran (so the last
@@ -97,7 +98,7 @@ class Learner:
                 val = self.validate()
                 self.epoch += 1
                 self.metrics = {"epoch": self.epoch, "img_size": self.train_batches.size,
-                                "lr": self.optimizer.param_groups[-1]["lr"], "train_loss": train_loss,
+                                "lr": self.current_lr, "train_loss": train_loss,
                                 "train_acc": train_acc, **val, "seconds": time.perf_counter() - start}
                 self.emit("on_validate_end")
                 self.history.append({k: v for k, v in self.metrics.items() if k != "confusion"})
@@ -115,7 +116,8 @@ class Learner:
         correct = torch.zeros((), device=self.device)
         seen = 0
         for x, y in self.train_batches:
-            set_lr(opt, self.lr * self.schedule(self.step))
+            self.current_lr = self.lr * self.schedule(self.step)
+            set_lr(opt, self.current_lr)
             with self.autocast():
                 logits = model(x)
             loss = self.loss_fn(logits, y)

@@ -9,13 +9,13 @@ SMALL = {
     "best": {"model": "picnet-l", "epochs": 20, "batch_size": 256, "lr": "3e-3", "erase": 0.25},
 }
 # Photos fine-tune a pretrained network: a frozen-backbone warm-up of the new head, then everything.
+# Cosine without warmup: the zero-initialised head can take the full LR from the first step of its frozen epoch.
+_PHOTO = {"model": "efficientnet_lite0", "batch_size": 32, "lr": "1e-3", "freeze_epochs": 1, "weight_decay": 0.01,
+          "schedule": "cosine", "warmup_epochs": 0.0}
 PHOTO = {
-    "fast": {"model": "efficientnet_lite0", "epochs": 3, "batch_size": 32, "lr": "1e-3", "rrc_scale": 0.35,
-             "freeze_epochs": 1, "weight_decay": 0.01},
-    "default": {"model": "efficientnet_lite0", "epochs": 8, "batch_size": 32, "lr": "1e-3", "rrc_scale": 0.35,
-                "freeze_epochs": 1, "weight_decay": 0.01},
-    "best": {"model": "efficientnet_lite0", "epochs": 15, "batch_size": 32, "lr": "1e-3", "rrc_scale": 0.25,
-             "freeze_epochs": 1, "weight_decay": 0.01, "ema": 0.999},
+    "fast": {**_PHOTO, "epochs": 3, "rrc_scale": 0.35},
+    "default": {**_PHOTO, "epochs": 8, "rrc_scale": 0.35},
+    "best": {**_PHOTO, "epochs": 15, "rrc_scale": 0.25, "ema": 0.999},
 }
 SMALL_MAX_PX = 64
 
@@ -30,7 +30,7 @@ def photo_size(median_short_side: float) -> int:
     return int(max(64, min(224, 32 * round(median_short_side / 32))))
 
 
-def fit_batch_size(batch_size: int, n_images: int, min_steps: int = 30, floor: int = 32) -> int:
+def fit_batch_size(batch_size: int, n_images: int, min_steps: int = 30, floor: int = 16) -> int:
     """Halve the preset's batch until an epoch has ``min_steps`` steps (or the batch reaches ``floor``): a small
     data set needs more, smaller steps — 1,400 images in batches of 256 give 5 updates an epoch."""
     while batch_size > floor and n_images * 0.8 / batch_size < min_steps:

@@ -151,6 +151,9 @@ def _fit(cfg: C.Config, source: sources.Source, run_dir: Path | None, checkpoint
             atomic_write(run_dir / "split.csv", manifest_csv(source, splits))
     td = load_train_data(cfg, source, splits, device, dist, progress)
     autocast = pick_precision(t.precision, device)
+    if t.precision == "auto":
+        cfg, autocast = _resolve_precision(cfg, td, device, autocast, run_dir if dist.is_main else None)
+        t = cfg.train
     if t.lr == "auto":
         cfg = _find_lr(cfg, td, device, autocast, run_dir if dist.is_main else None)
         t = cfg.train
@@ -181,6 +184,19 @@ def _fit(cfg: C.Config, source: sources.Source, run_dir: Path | None, checkpoint
     if interrupted:
         raise KeyboardInterrupt
     return Run(path=run_dir, summary=summary)
+
+
+def _resolve_precision(cfg: C.Config, td: TrainData, device, autocast, run_dir: Path | None):
+    """precision auto → a concrete value in config.yaml, so a resumed run computes exactly as it started."""
+    from ..device import remembered_bf16_choice
+
+    if device.type == "cpu" and autocast is not None:
+        x, _ = next(iter(td.train_batches))
+        autocast = torch.bfloat16 if remembered_bf16_choice(cfg.model.model, td.model, x) else None
+    cfg = cfg.updated(precision="bf16" if autocast == torch.bfloat16 else "fp16" if autocast else "fp32")
+    if run_dir is not None:
+        atomic_write(run_dir / "config.yaml", C.dump_yaml(cfg))
+    return cfg, autocast
 
 
 def _find_lr(cfg: C.Config, td: TrainData, device, autocast, run_dir: Path | None) -> C.Config:

@@ -1,0 +1,184 @@
+"""The learning-rate range test (Smith 2015, as fastai runs it): train a copy of the model for ~100 steps while the
+LR grows exponentially from 1e-7 to 10, record the smoothed loss, stop once it explodes, and suggest the LR in the
+longest downhill stretch of the curve ("valley").
+
+The test trains a deep copy and restores the random state afterwards, so ``train(lr="auto")`` trains exactly as
+a run given the found LR by hand would.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from .. import config as C
+
+START_LR, END_LR, STEPS = 1e-7, 10.0, 100
+BETA = 0.98  # loss smoothing, as fastai
+DIVERGE = 4.0  # stop when the smoothed loss exceeds this multiple of its minimum
+FALLBACK_LR = 1e-3
+
+
+def lr_schedule(step: int, steps: int = STEPS, start: float = START_LR, end: float = END_LR) -> float:
+    """Exponential from ``start`` (step 0) to ``end`` (step ``steps - 1``)."""
+    return start * (end / start) ** (step / max(1, steps - 1))
+
+
+def valley(lrs: list[float], losses: list[float]) -> int:
+    """fastai's "valley": half-way along the longest decreasing run of the loss curve (its start plus a third plus
+    a sixth of its length) — on the steep descent, safely before the minimum where the loss turns."""
+    n = len(losses)
+    longest = [1] * n
+    start, end = 0, 0
+    for i in range(1, n):
+        for j in range(i):
+            if losses[i] < losses[j] and longest[i] < longest[j] + 1:
+                longest[i] = longest[j] + 1
+            if longest[end] < longest[i]:
+                end = i
+                start = end - longest[end]
+    third = (end - start) / 3
+    return min(n - 1, max(0, start + int(third) + int(third / 2)))
+
+
+def steepest(lrs: list[float], losses: list[float]) -> int:
+    """Index of the steepest descent of loss over log(LR)."""
+    grads = [(losses[i + 1] - losses[i]) / (math.log(lrs[i + 1]) - math.log(lrs[i])) for i in range(len(lrs) - 1)]
+    return min(range(len(grads)), key=grads.__getitem__) if grads else 0
+
+
+def suggest(lrs: list[float], losses: list[float]) -> dict:
+    """Suggestions from a recorded curve; the ends are cut as fastai does (the first tenth is noise from the random
+    start, the last few points are the explosion)."""
+    lo, hi = len(lrs) // 10, len(lrs) - 5
+    if hi - lo < 5:
+        lo, hi = 0, len(lrs)
+    x, y = lrs[lo:hi], losses[lo:hi]
+    if len(x) < 2:
+        return {"suggested_lr": FALLBACK_LR, "method": "fallback (the loss diverged at once)",
+                "steep_lr": None, "min_loss_lr": None}
+    best = min(range(len(y)), key=y.__getitem__)
+    return {"suggested_lr": float(x[valley(x, y)]), "method": "valley", "steep_lr": float(x[steepest(x, y)]),
+            "min_loss_lr": float(x[best])}
+
+
+def suggest_lr(cfg: C.Config, td, device: torch.device, autocast, steps: int = STEPS,
+               start_lr: float = START_LR, end_lr: float = END_LR) -> dict:
+    """Run the range test on a copy of ``td.model`` with the config's optimizer and loss.
+
+    Returns ``{"suggested_lr", "lrs", "losses", ...}`` (the losses are the smoothed ones the suggestion used). The
+    model, its optimizer-free state and the global random state are left as they were.
+    """
+    from ..train.checkpoint import rng_state, set_rng_state
+
+    saved_rng = rng_state()
+    began = time.perf_counter()
+    try:
+        lrs, losses, stopped = _range_test(cfg, td, device, autocast, steps, start_lr, end_lr)
+    finally:
+        set_rng_state(saved_rng)
+    found = {**suggest(lrs, losses), "lrs": lrs, "losses": losses, "steps": len(lrs), "stopped": stopped,
+             "optimizer": cfg.train.optimizer, "batch_size": cfg.train.batch_size,
+             "seconds": round(time.perf_counter() - began, 2)}
+    return _agree_across_ranks(found)
+
+
+def _range_test(cfg: C.Config, td, device, autocast, steps: int, start_lr: float,
+                end_lr: float) -> tuple[list[float], list[float], str]:
+    from ..models import backbone_parameters
+    from ..train.optim import build_optimizer, param_groups, set_lr
+
+    t = cfg.train
+    model = copy.deepcopy(td.model).train()
+    backbone = backbone_parameters(model) if td.pretrained else None
+    groups = param_groups(model, t.weight_decay, backbone, cfg.model.backbone_lr_mult if td.pretrained else 1.0)
+    opt = build_optimizer(t.optimizer, groups, start_lr, t.momentum, t.nesterov)
+    lrs: list[float] = []
+    losses: list[float] = []
+    avg, best, epoch = 0.0, math.inf, 0
+    while True:
+        td.train_batches.set_epoch(epoch)  # more than one pass over a small training set, as fastai does
+        for x, y in td.train_batches:
+            step = len(lrs)
+            lr = lr_schedule(step, steps, start_lr, end_lr)
+            set_lr(opt, lr)
+            ctx = torch.autocast(device.type, dtype=autocast) if autocast is not None else contextlib.nullcontext()
+            with ctx:
+                logits = model(x)
+            loss = F.cross_entropy(logits.float(), y, weight=td.loss_weight, label_smoothing=t.label_smoothing)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            value = float(loss.detach())
+            if not math.isfinite(value):
+                return lrs, losses, f"loss not finite at lr {lr:.2g}"
+            avg = BETA * avg + (1 - BETA) * value
+            smooth = avg / (1 - BETA ** (step + 1))
+            lrs.append(lr)
+            losses.append(smooth)
+            best = min(best, smooth)
+            if smooth > DIVERGE * best:
+                return lrs, losses, f"loss above {DIVERGE:g}× its minimum at lr {lr:.2g}"
+            if len(lrs) >= steps:
+                return lrs, losses, f"reached lr {lr:.2g}"
+        epoch += 1
+
+
+def _agree_across_ranks(found: dict) -> dict:
+    """Under torchrun every rank tests on its own shard; all must train with rank 0's answer."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        box = [found]
+        torch.distributed.broadcast_object_list(box, src=0)
+        return box[0]
+    return found
+
+
+def lr_figure(found: dict):
+    """Loss against LR on a log axis with the suggestion marked on the curve."""
+    from ..evaluate.plots import BEST, lr_find_figure
+
+    fig = lr_find_figure(found)
+    lrs, losses, lr = found.get("lrs") or [], found.get("losses") or [], found.get("suggested_lr")
+    if lrs and lr:
+        i = min(range(len(lrs)), key=lambda k: abs(math.log(lrs[k]) - math.log(lr)))
+        fig.axes[0].plot([lrs[i]], [losses[i]], "o", color=BEST, markersize=8, zorder=5)
+        top = min(max(losses), 2.5 * losses[0]) if losses else None
+        if top and top > min(losses):  # the explosion at the end would squash the useful part of the curve
+            fig.axes[0].set_ylim(min(losses) - 0.05 * (top - min(losses)), top)
+    return fig
+
+
+def lr_find(data: str, out: str | Path | None = None, progress: bool = False, **overrides) -> dict:
+    """``picstory lr-find``: the range test on DATA with the train options given; writes lr_find.json and
+    lr_find.png to ``out`` (default ``lr-find/NAME``) and returns the result with their paths."""
+    from ..evaluate.plots import figure_png
+    from ..runs import slug
+    from ..train.checkpoint import atomic_write
+    from ..train.run import prepare
+
+    name = overrides.pop("name", "") or ""
+    cfg, td, device, autocast = prepare(data, progress=progress, **overrides)
+    found = suggest_lr(cfg, td, device, autocast)
+    folder = Path(out) if out else Path("lr-find") / (name or f"{slug(cfg.model.model)}-{slug(data)}")
+    folder.mkdir(parents=True, exist_ok=True)
+    record = {**found, "data": data, "model": cfg.model.model, "img_size": cfg.data.img_size}
+    atomic_write(folder / "lr_find.json", json.dumps(record, indent=1))
+    atomic_write(folder / "lr_find.png", figure_png(lr_figure(found)))
+    print(f"lr-find: {found['steps']} steps, {found['stopped']}; suggested {found['suggested_lr']:.2e} "
+          f"(steepest {_g(found['steep_lr'])}, minimum {_g(found['min_loss_lr'])})", file=sys.stderr)
+    return {**record, "plot": str(folder / "lr_find.png"), "json": str(folder / "lr_find.json"), "dir": str(folder)}
+
+
+def _g(x: float | None) -> str:
+    return "-" if x is None else f"{x:.2e}"
+
+
+__all__ = ["lr_find", "suggest_lr", "suggest", "valley", "steepest", "lr_schedule"]
