@@ -226,15 +226,46 @@ def train_cell(task: dict, callbacks: list | None = None) -> dict:
     return {"status": status, "reason": reason}
 
 
-def _worker_init(threads: int) -> None:
-    import torch
+def cell_command(task: dict) -> list[str]:
+    """The ``python -m picstory train`` command line that trains (or resumes) a cell in its own process."""
+    base = [sys.executable, "-m", "picstory", "train", "--quiet"]
+    if task["resume"]:
+        return base + ["--resume", task["resume"]]
+    args = base + [task["data"], f"--out={task['out']}", f"--name={task['name']}"]
+    for key, value in task["overrides"].items():
+        flag = key.replace("_", "-")
+        if isinstance(value, bool):
+            args.append(f"--{flag}" if value else f"--no-{flag}")
+        else:
+            args.append(f"--{flag}={value}")  # '=' keeps a value that starts with '-' from reading as a flag
+    return args
 
-    torch.set_num_threads(threads)
+
+def _train_cell_process(task: dict, log_dir: Path, running: dict) -> dict:
+    """One cell in a child process (own interpreter, own threads, own memory): its log goes to log_dir."""
+    import subprocess
+
+    log_dir.mkdir(exist_ok=True)
+    log = log_dir / f"{task['cell']}.log"
+    with open(log, "w") as f:
+        proc = subprocess.Popen(cell_command(task), stdout=f, stderr=subprocess.STDOUT)
+        running[task["cell"]] = proc
+        code = proc.wait()
+        running.pop(task["cell"], None)
+    if code == 130:
+        return {"status": "interrupted", "reason": "interrupted"}
+    if code != 0:
+        lines = [ln for ln in log.read_text(errors="replace").splitlines() if ln.strip()]
+        said = next((ln[len("error: "):] for ln in reversed(lines) if ln.startswith("error: ")), None)
+        return {"status": "failed", "reason": said or f"crashed (exit {code}): {lines[-1][:200] if lines else ''}"}
+    summary = read_json(Path(task["out"]) / task["name"] / "summary.json")
+    status, reason = outcome(summary)
+    return {"status": status, "reason": reason}
 
 
-def _run_all(tasks: list[dict], jobs: int, threads: int, callbacks: list | None) -> Iterator[tuple[dict, dict]]:
-    """(task, result) as cells finish; in this process for one job, else in spawned worker processes."""
-    if jobs <= 1 or len(tasks) <= 1:
+def _run_all(tasks: list[dict], jobs: int, log_dir: Path, callbacks: list | None) -> Iterator[tuple[dict, dict]]:
+    """(task, result) as cells finish: in this process for one job, else ``jobs`` child processes at a time."""
+    if jobs <= 1:
         for task in tasks:
             result = train_cell(task, callbacks)
             yield task, result
@@ -242,21 +273,25 @@ def _run_all(tasks: list[dict], jobs: int, threads: int, callbacks: list | None)
                 raise KeyboardInterrupt
         return
     import concurrent.futures as cf
-    import multiprocessing
+    import signal
+    import subprocess
 
-    # spawn, not fork: a forked child inherits torch's thread pools and locks in whatever state they are
-    pool = cf.ProcessPoolExecutor(max_workers=min(jobs, len(tasks)), mp_context=multiprocessing.get_context("spawn"),
-                                  initializer=_worker_init, initargs=(threads,))
+    running: dict = {}  # cell → Popen, so that Ctrl-C reaches every child even when sent to this process only
+    # threads only wait on child processes; the children do the work (a process per cell: a crash or a leak in
+    # one cell cannot take the others with it, and no re-import of the caller's __main__ as spawn would)
+    pool = cf.ThreadPoolExecutor(max_workers=jobs)
     try:
-        futures = {pool.submit(train_cell, task): task for task in tasks}
+        futures = {pool.submit(_train_cell_process, task, log_dir, running): task for task in tasks}
         for future in cf.as_completed(futures):
-            try:
-                result = future.result()
-            except cf.process.BrokenProcessPool:  # a worker killed from outside (e.g. out of memory)
-                result = {"status": "failed", "reason": "the worker process died (out of memory?); try fewer --jobs"}
-            yield futures[future], result
+            yield futures[future], future.result()
     except BaseException:
         pool.shutdown(wait=False, cancel_futures=True)
+        for proc in list(running.values()):
+            try:  # a Ctrl-C on the terminal reached the children already; one sent to us alone did not
+                proc.wait(timeout=2)
+            except subprocess.TimeoutExpired:
+                proc.send_signal(signal.SIGINT)  # the child keeps its last finished epoch and exits
+                proc.wait()
         raise
     pool.shutdown(wait=True)
 
@@ -269,7 +304,8 @@ def sweep(data: str, grid: Any, repeats: int = 1, jobs: int = 1, name: str = "",
           command: str = "", callbacks: list | None = None, progress: bool = True, **train_overrides) -> dict:
     """Train every cell of ``grid`` on ``data`` with ``train_overrides`` fixed; write comparison.csv/.md/.html in
     ``out/NAME`` and return ``{"table", "dir", "rows", "best", ...}``. ``jobs`` > 1 trains cells in parallel
-    processes with the cores split between them; ``callbacks`` reach cells trained in this process (jobs 1)."""
+    processes (``python -m picstory train``) with the cores split between them; ``callbacks`` reach cells trained
+    in this process (jobs 1 only)."""
     from ..data import sources
     from . import report
 
@@ -303,7 +339,7 @@ def sweep(data: str, grid: Any, repeats: int = 1, jobs: int = 1, name: str = "",
     say(f"sweep {path}: {len(cells)} cells ({states.get('done', 0)} finished, {states.get('resume', 0)} to resume, "
         f"{len(tasks) - states.get('resume', 0)} to train){f', {jobs} jobs × {threads} threads' if jobs > 1 else ''}")
     try:
-        for k, (task, result) in enumerate(_run_all(tasks, jobs, threads, callbacks), 1):
+        for k, (task, result) in enumerate(_run_all(tasks, jobs, path / "logs", callbacks), 1):
             results[task["cell"]] = result
             _write_record(path, record)
             say(f"[{k}/{len(tasks)}] {task['cell']}: {_result_line(path / task['cell'], result)}")

@@ -16,7 +16,7 @@ import torch
 from .. import config as C
 from ..data.sources import Source
 from ..errors import ConfigError, UnusableDataError
-from .distributed import Dist, barrier
+from .distributed import Dist, barrier, eval_shard, local_batch_size
 
 
 @dataclass
@@ -67,15 +67,18 @@ def load_train_data(cfg: C.Config, source: Source, splits: dict[str, list[int]],
     if t.class_weights == "auto":
         loss_weight = (counts.sum() / (len(classes) * counts.clamp(min=1))).to(device)
     sample_weights = (1.0 / counts.clamp(min=1))[train.labels] if t.balanced_sampling else None
-    batch = min(t.batch_size, len(train.labels))
+    # --batch-size is global: each of N ranks takes batch // N (distributed.py)
+    batch = local_batch_size(min(t.batch_size, len(train.labels)), dist)
     on_device = _maybe_to_device(train.images, device), _maybe_to_device(val.images, device)
     train_batches = BatchIterator(on_device[0], train.labels.to(on_device[0].device), batch, mean, std,
-                                  augment=cfg.augment, shuffle=True, drop_last=len(train.labels) > batch,
+                                  augment=cfg.augment, shuffle=True,
+                                  drop_last=len(train.labels) // dist.world_size > batch,
                                   seed=t.seed, rank=dist.rank, world_size=dist.world_size, device=device,
                                   sample_weights=sample_weights, size=cfg.data.img_size, num_classes=len(classes))
-    val_batches = BatchIterator(on_device[1], val.labels.to(on_device[1].device), cfg.eval.eval_batch_size, mean,
-                                std, augment=None, shuffle=False, drop_last=False, seed=t.seed, rank=dist.rank,
-                                world_size=dist.world_size, device=device, size=cfg.data.img_size,
+    # validation: an uneven shard per rank, not cut to equal length, so the all-reduced metrics count every sample
+    val_images, val_labels = eval_shard(on_device[1], val.labels.to(on_device[1].device), dist)
+    val_batches = BatchIterator(val_images, val_labels, cfg.eval.eval_batch_size, mean, std, augment=None,
+                                shuffle=False, drop_last=False, seed=t.seed, device=device, size=cfg.data.img_size,
                                 num_classes=len(classes))
     model = model.to(device, memory_format=torch.channels_last)
     td = TrainData(classes=classes, splits=parts, model=model, pretrained=pretrained, mean=mean, std=std,
@@ -95,13 +98,14 @@ def _load_splits(cfg: C.Config, source: Source, splits: dict[str, list[int]], di
     order = splits["train"] + splits["val"] + splits["test"]
     if cfg.data.limit_per_class:
         order = _limit(source, splits, cfg.data.limit_per_class) + splits["val"] + splits["test"]
-    # rank 0 fills the cache; the others then read it (a cache hit) instead of decoding the same files
-    if not dist.is_main:
-        barrier(dist)
-    cached = load_images(source, order, size, int(cfg.data.channels), cfg.data.fit,
-                         progress=progress and dist.is_main)
-    if dist.is_main:
-        barrier(dist)
+    # rank 0 fills the cache; then the first rank of every other node (for a per-node cache); the rest then read
+    # cache hits instead of decoding the same files. The waits use the long-timeout group: decoding can take hours
+    stage = 0 if dist.is_main else 1 if dist.local_rank == 0 else 2
+    for turn in range(3 if dist.enabled else 1):
+        if turn == stage:
+            cached = load_images(source, order, size, int(cfg.data.channels), cfg.data.fit,
+                                 progress=progress and dist.is_main)
+        barrier(dist, slow=True)
     bad = cached.bad
     if len(bad) > cfg.data.max_bad_fraction * len(order):
         examples = "; ".join(f"{p}: {r}" for p, r in bad[:3])

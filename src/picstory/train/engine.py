@@ -138,8 +138,9 @@ class Learner:
 
     @torch.inference_mode()
     def validate(self) -> dict:
-        model = self.eval_model or self.model
+        model = self.eval_model or _without_ddp(self.model)
         model.eval()
+        _broadcast_buffers(model)
         k = self.num_classes
         confusion = torch.zeros(k, k, dtype=torch.long, device=self.device)
         loss_sum = torch.zeros((), device=self.device)
@@ -149,7 +150,8 @@ class Learner:
             with self.autocast():
                 logits = model(x)
             loss_sum += F.cross_entropy(logits.float(), y, reduction="sum")
-            confusion += torch.bincount(y * k + logits.argmax(1), minlength=k * k).view(k, k)
+            # index_add_, not bincount: bincount reads its input's max back to the host, a sync per batch on a GPU
+            confusion.view(-1).index_add_(0, y * k + logits.argmax(1), torch.ones_like(y))
             n += len(y)
         confusion = _all_reduce(confusion)
         total = int(confusion.sum())
@@ -172,6 +174,24 @@ def _all_reduce(t: torch.Tensor) -> torch.Tensor:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.all_reduce(t)
     return t
+
+
+def _without_ddp(model: nn.Module) -> nn.Module:
+    """The module inside DistributedDataParallel, for evaluation: DDP would sync buffers in every forward, a
+    collective the ranks' uneven validation shards (one batch more on some) cannot match."""
+    inner = getattr(model, "_orig_mod", model)  # torch.compile(DDP(model))
+    return inner.module if isinstance(inner, nn.parallel.DistributedDataParallel) else model
+
+
+def _broadcast_buffers(model: nn.Module) -> None:
+    """Under torchrun: rank 0's BatchNorm statistics on every rank, so all ranks evaluate the model rank 0 saves
+    (each rank's last training step updated its own)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        nccl = torch.distributed.get_backend() == "nccl"
+        for buf in model.buffers():
+            # statistics only: counters agree on every rank already, and NCCL sends no CPU tensors (EMA's count)
+            if buf.is_floating_point() and (buf.is_cuda or not nccl):
+                torch.distributed.broadcast(buf, src=0)
 
 
 def _reduce_mean(total: torch.Tensor, count: int) -> float:

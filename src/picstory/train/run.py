@@ -21,7 +21,8 @@ from ..runs import create_run_dir, find_run, read_json, slug
 from . import callbacks as cbs
 from .checkpoint import atomic_write, load_checkpoint, seed_everything, set_rng_state
 from .data import TrainData, load_train_data
-from .distributed import Dist, barrier, broadcast_object, setup, teardown
+from .distributed import (Dist, EpochNaNGuard, barrier, broadcast_object, check_same_data, plain_state_dict,
+                          setup, teardown, wrap_model)
 from .engine import Learner
 from .optim import build_optimizer, make_schedule, param_groups
 from .presets import fit_batch_size, photo_size, preset_values
@@ -136,7 +137,12 @@ def _fit(cfg: C.Config, source: sources.Source, run_dir: Path | None, checkpoint
     device = pick_device(t.device)
     threads = set_threads(t.threads)
     dist = setup(device)
+    check_same_data(dist, source)
     seed_everything(t.seed + dist.rank)
+    if checkpoint is not None and checkpoint.get("world_size", 1) != dist.world_size and dist.is_main:
+        print(f"note: resuming with {dist.world_size} process(es) a run trained with {checkpoint.get('world_size', 1)}"
+              ": the global batch, the LR schedule and each epoch's order stay; augmentation draws differ",
+              file=sys.stderr)
     if run_dir is None:
         name = cfg.run.name or f"{slug(m.model)}-{slug(cfg.data.data)}"
         run_dir = create_run_dir(cfg.run.out, name) if dist.is_main else None
@@ -157,8 +163,11 @@ def _fit(cfg: C.Config, source: sources.Source, run_dir: Path | None, checkpoint
     if t.lr == "auto":
         cfg = _find_lr(cfg, td, device, autocast, run_dir if dist.is_main else None)
         t = cfg.train
+    if dist.enabled:  # a timing probe or the LR finder may decide differently per rank: rank 0's choice holds
+        cfg = broadcast_object(dist, cfg)
+        t, autocast = cfg.train, pick_precision(cfg.train.precision, device)
     if dist.is_main:
-        _write_env(run_dir, cfg, device, threads, autocast, source, command)
+        _write_env(run_dir, cfg, device, threads, autocast, source, command, dist.world_size)
         atomic_write(run_dir / "data.json", json.dumps(td.data_summary, indent=1))
     learner, model = _build_learner(cfg, td, device, autocast, dist, run_dir, progress)
     learner.callbacks += list(callbacks or [])
@@ -173,6 +182,12 @@ def _fit(cfg: C.Config, source: sources.Source, run_dir: Path | None, checkpoint
         interrupted = True
         learner.stop_reason = "interrupted"
     train_seconds = time.perf_counter() - start
+    if interrupted and dist.enabled:
+        # each rank stopped at its own step: no collective can match any more, so no barrier and no summary
+        if dist.is_main:
+            print(f"interrupted: the last finished epoch is saved; continue with\n  picstory train --resume {run_dir}",
+                  file=sys.stderr)
+        raise KeyboardInterrupt
     barrier(dist)
     summary = {}
     if dist.is_main:
@@ -240,16 +255,14 @@ def _build_learner(cfg: C.Config, td: TrainData, device, autocast, dist: Dist, r
     groups = param_groups(model, t.weight_decay, backbone, m.backbone_lr_mult if td.pretrained else 1.0)
     lr = float(t.lr)
     opt = build_optimizer(t.optimizer, groups, lr, t.momentum, t.nesterov)
-    train_model = model
-    if dist.enabled:
-        ids = [device.index] if device.type == "cuda" else None
-        train_model = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    train_model = wrap_model(model, device, dist, find_unused=m.freeze_epochs > 0)
     if t.compile:
         train_model = torch.compile(train_model)
     steps = len(td.train_batches)
     schedule = make_schedule(t.schedule, t.epochs * steps, int(t.warmup_epochs * steps))
     ema_model = None
-    callbacks: list = [cbs.MetricsLog(run_dir), cbs.NaNGuard(), cbs.Progress(progress)]
+    callbacks: list = [cbs.MetricsLog(run_dir), EpochNaNGuard() if dist.enabled else cbs.NaNGuard(),
+                       cbs.Progress(progress)]
     if t.ema > 0:
         from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
@@ -277,13 +290,14 @@ def _build_learner(cfg: C.Config, td: TrainData, device, autocast, dist: Dist, r
                       autocast_dtype=autocast, device=device, callbacks=callbacks, eval_model=eval_model,
                       is_main=dist.is_main)
     callbacks.append(cbs.LastCheckpoint(run_dir / "checkpoints" / "last.pt", lambda: {
-        "classes": td.classes, "config": C.dump_yaml(cfg), "train_seconds": learner.train_seconds()}))
+        "classes": td.classes, "config": C.dump_yaml(cfg), "train_seconds": learner.train_seconds(),
+        "world_size": dist.world_size}))
     learner.raw_model = model
     return learner, model
 
 
 def _restore(learner: Learner, model: torch.nn.Module, ckpt: dict) -> None:
-    model.load_state_dict(ckpt["model"])
+    model.load_state_dict(plain_state_dict(ckpt["model"]))  # saved through the DDP / compile wrappers
     learner.optimizer.load_state_dict(ckpt["optimizer"])
     if learner.eval_model is not None and "ema" in ckpt:
         learner.eval_model.load_state_dict(ckpt["ema"])
@@ -292,9 +306,10 @@ def _restore(learner: Learner, model: torch.nn.Module, ckpt: dict) -> None:
     print(f"resuming after epoch {learner.epoch}", file=sys.stderr)
 
 
-def _write_env(run_dir: Path, cfg: C.Config, device, threads: int, autocast, source, command: str) -> None:
+def _write_env(run_dir: Path, cfg: C.Config, device, threads: int, autocast, source, command: str,
+               world_size: int = 1) -> None:
     env = {"picstory": __version__, "torch": torch.__version__, "python": platform.python_version(),
-           "platform": platform.platform(), "device": str(device), "threads": threads,
+           "platform": platform.platform(), "device": str(device), "threads": threads, "world_size": world_size,
            "precision": str(autocast).replace("torch.", "") if autocast else "fp32",
            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "seed": cfg.train.seed,
            "data_fingerprint": source.fingerprint(), "command": command or " ".join(sys.argv),
@@ -319,7 +334,8 @@ def _finish(run_dir: Path, cfg: C.Config, td: TrainData, learner: Learner, train
     if best_cb.best_epoch:
         row = learner.history[best_cb.best_epoch - 1]
         summary["val_accuracy"] = row["val_acc"]
-        result = evaluate_run(run_dir, td=td, tta=cfg.eval.tta, write_report=False, summary=summary)
+        result = evaluate_run(run_dir, td=td, tta=cfg.eval.tta, write_report=False, summary=summary,
+                              device=str(device))
         summary["test_accuracy"] = result.get("accuracy")
     else:
         summary["test_accuracy"] = None
