@@ -7,8 +7,9 @@ torchvision: ``ImageFolder`` + RandomResizedCrop(224) + RandomHorizontalFlip + T
 num_workers=2, shuffle=True)``: every epoch decodes every file again. picstory: ``load_images`` decodes each file once
 (JPEG draft at the target size, in threads) into a uint8 memmap cache; the epoch is ``BatchIterator`` over that array
 with batched random-resized-crop (scale 0.35..1) and flip. Epoch 1 starts from an empty cache, so it includes the fill;
-epoch 2 calls ``load_images`` again (a cache hit) and iterates again. Both sides run in this one process tree, one
-after the other; compare the ratios, since absolute figures move with the load of a shared machine.
+epoch 2 calls ``load_images`` again (a cache hit) and iterates again. A second figure isolates the decode-once part:
+``resolve`` + ``load_images`` alone against torchvision's whole epoch. Both sides run in this one process tree, their
+epochs interleaved; compare the ratios, since absolute figures move with the load of a shared machine.
 
 The images are generated once under ``--work`` from scikit-image's sample photos (random crops, scales, colour
 shifts and sensor-like noise; one class per source photo) and reused by later runs.
@@ -84,57 +85,61 @@ def make_set(root: Path, n: int, size: tuple[int, int], workers: int) -> Path:
 # ---- the two pipelines -------------------------------------------------------------------------------------------
 
 
-def torchvision_epochs(root: Path, epochs: int) -> list[float]:
+def torchvision_loader(root: Path):
     from torch.utils.data import DataLoader
     from torchvision import datasets, transforms
 
-    t0 = time.perf_counter()
     tf = transforms.Compose([transforms.RandomResizedCrop(SIZE), transforms.RandomHorizontalFlip(),
                              transforms.ToTensor()])
-    loader = DataLoader(datasets.ImageFolder(str(root), tf), batch_size=BATCH, num_workers=LOADER_WORKERS,
-                        shuffle=True)
-    times = []
-    for _ in range(epochs):
-        for x, y in loader:
-            pass
-        times.append(time.perf_counter() - t0)
-        t0 = time.perf_counter()
-    return times
+    return DataLoader(datasets.ImageFolder(str(root), tf), batch_size=BATCH, num_workers=LOADER_WORKERS,
+                      shuffle=True)
 
 
-def picstory_epochs(root: Path, epochs: int, cache_dir: Path) -> list[float]:
+def picstory_epoch(root: Path, epoch: int, cache_dir: Path) -> tuple[float, float]:
+    """(seconds for the whole epoch, seconds of it spent getting the uint8 array: resolve + load_images)."""
     from picstory.data.batches import BatchIterator
 
-    times = []
-    for epoch in range(epochs):
-        t0 = time.perf_counter()
-        source = resolve(str(root))
-        classes = source.classes
-        labels = torch.tensor([classes.index(r.label) for r in source.records])
-        cached = load_images(source, range(len(source.records)), SIZE, 3, "crop", workers=0, progress=False,
-                             cache_dir=cache_dir)
-        # an N×C×H×W copy: index_select on the permuted (channels-last) view of the memmap takes a slow path
-        images = torch.from_numpy(cached.images).permute(0, 3, 1, 2).contiguous()
-        it = BatchIterator(images, labels, BATCH, MEAN, STD, augment=AugmentConfig(rrc_scale=0.35), shuffle=True,
-                           seed=0)
-        it.set_epoch(epoch)
-        for x, y in it:
-            pass
-        times.append(time.perf_counter() - t0)
-    return times
+    t0 = time.perf_counter()
+    source = resolve(str(root))
+    classes = source.classes
+    labels = torch.tensor([classes.index(r.label) for r in source.records])
+    cached = load_images(source, range(len(source.records)), SIZE, 3, "crop", workers=0, progress=False,
+                         cache_dir=cache_dir)
+    t_ingest = time.perf_counter() - t0
+    # an N×C×H×W copy: index_select on the permuted (channels-last) view of the memmap takes a slow path
+    images = torch.from_numpy(cached.images).permute(0, 3, 1, 2).contiguous()
+    it = BatchIterator(images, labels, BATCH, MEAN, STD, augment=AugmentConfig(rrc_scale=0.35), shuffle=True,
+                       seed=0)
+    it.set_epoch(epoch)
+    for _ in it:
+        pass
+    return time.perf_counter() - t0, t_ingest
 
 
 # ---- report ------------------------------------------------------------------------------------------------------
 
 
 def run_set(name: str, n: int, root: Path, work: Path) -> dict:
-    tv = torchvision_epochs(root, 2)
+    """Epochs interleaved (torchvision 1, picstory 1, torchvision 2, picstory 2) so load bursts hit both sides."""
+    tv, ps, ingest = [], [], []
     with tempfile.TemporaryDirectory(dir=work) as cache_dir:
-        ps = picstory_epochs(root, 2, Path(cache_dir))
-    row = {"set": name, "n": n, "tv": [n / t for t in tv], "ps": [n / t for t in ps]}
+        t0 = time.perf_counter()
+        loader = torchvision_loader(root)  # the folder scan counts towards torchvision's epoch 1
+        for epoch in range(2):
+            for _ in loader:
+                pass
+            tv.append(time.perf_counter() - t0)
+            total, t_ingest = picstory_epoch(root, epoch, Path(cache_dir))
+            ps.append(total)
+            ingest.append(t_ingest)
+            t0 = time.perf_counter()
+    row = {"set": name, "n": n, "tv": [n / t for t in tv], "ps": [n / t for t in ps], "ingest": [n / t for t in ingest]}
     row["ratio"] = [p / t for p, t in zip(row["ps"], row["tv"])]
-    print(f"  {name:7s} {n:6d}  torchvision {row['tv'][0]:7.0f} {row['tv'][1]:7.0f} img/s   picstory "
-          f"{row['ps'][0]:7.0f} {row['ps'][1]:7.0f} img/s   ratio {row['ratio'][0]:5.1f}× {row['ratio'][1]:6.1f}×")
+    row["ingest_ratio"] = [p / t for p, t in zip(row["ingest"], row["tv"])]
+    print(f"  {name:7s} {n:6d}  torchvision {row['tv'][0]:7.0f} {row['tv'][1]:7.0f}   picstory "
+          f"{row['ps'][0]:7.0f} {row['ps'][1]:7.0f}   ratio {row['ratio'][0]:5.1f}× {row['ratio'][1]:6.1f}×   "
+          f"(load_images alone {row['ingest'][0]:.0f} {row['ingest'][1]:.0f} img/s: "
+          f"{row['ingest_ratio'][0]:.1f}× {row['ingest_ratio'][1]:.0f}×)")
     return row
 
 
@@ -155,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(cores)
     print(f"ingest bench: {cores} cores, torch {torch.__version__}, {SIZE} px, batch {BATCH}, "
           f"DataLoader workers {LOADER_WORKERS}, picstory decode threads {cores}")
-    print("  set          N  images/s        epoch 1 epoch 2                   epoch 1 epoch 2         epoch 1 epoch 2")
+    print("  images/s      N              epoch 1 epoch 2            epoch 1 epoch 2         epoch 1 epoch 2")
     rows = [run_set(name, n, roots[name], args.work) for name, n in sets]
     targets = {"web": (1.0, 10.0), "camera": (3.0, 10.0)}
     for row in rows:

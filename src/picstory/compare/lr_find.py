@@ -88,7 +88,7 @@ def suggest_lr(cfg: C.Config, td, device: torch.device, autocast, steps: int = S
     found = {**suggest(lrs, losses), "lrs": lrs, "losses": losses, "steps": len(lrs), "stopped": stopped,
              "optimizer": cfg.train.optimizer, "batch_size": cfg.train.batch_size,
              "seconds": round(time.perf_counter() - began, 2)}
-    return _agree_across_ranks(found)
+    return found
 
 
 def _range_test(cfg: C.Config, td, device, autocast, steps: int, start_lr: float,
@@ -116,6 +116,8 @@ def _range_test(cfg: C.Config, td, device, autocast, steps: int, start_lr: float
             loss = F.cross_entropy(logits.float(), y, weight=td.loss_weight, label_smoothing=t.label_smoothing)
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            if t.grad_clip > 0:  # the test must see the optimiser training will use, clipping included
+                torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
             opt.step()
             value = float(loss.detach())
             if not math.isfinite(value):
@@ -130,15 +132,6 @@ def _range_test(cfg: C.Config, td, device, autocast, steps: int, start_lr: float
             if len(lrs) >= steps:
                 return lrs, losses, f"reached lr {lr:.2g}"
         epoch += 1
-
-
-def _agree_across_ranks(found: dict) -> dict:
-    """Under torchrun every rank tests on its own shard; all must train with rank 0's answer."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        box = [found]
-        torch.distributed.broadcast_object_list(box, src=0)
-        return box[0]
-    return found
 
 
 def lr_figure(found: dict):

@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from matplotlib import colormaps
 from matplotlib.patches import Rectangle
 from matplotlib.ticker import MaxNLocator
 
@@ -15,8 +16,6 @@ from ..evaluate.plots import BEST, label, new_figure, placeholder_figure
 
 
 def _palette(n: int) -> list:
-    from matplotlib import colormaps
-
     cmap = colormaps["tab10" if n <= 10 else "tab20"]
     return [cmap(i % cmap.N) for i in range(n)]
 
@@ -82,8 +81,8 @@ def heatmap_figure(row_key: str, row_labels: list[str], col_key: str, col_labels
     shown = np.ma.masked_invalid(values)
     finite = values[np.isfinite(values)]
     vmin, vmax = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
-    image = ax.imshow(shown, cmap="viridis", vmin=vmin, vmax=vmax if vmax > vmin else vmin + 1e-6, aspect="auto")
-    image.cmap.set_bad("#dddddd")
+    cmap = colormaps["viridis"].with_extremes(bad="#dddddd")  # failed cells in gray
+    image = ax.imshow(shown, cmap=cmap, vmin=vmin, vmax=vmax if vmax > vmin else vmin + 1e-6, aspect="auto")
     for i in range(values.shape[0]):
         for j in range(values.shape[1]):
             v = values[i, j]

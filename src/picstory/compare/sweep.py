@@ -320,7 +320,6 @@ def sweep(data: str, grid: Any, repeats: int = 1, jobs: int = 1, name: str = "",
     record["command"] = command or record.get("command", "")
     record["cells"] = [c.name for c in cells]
     results: dict = record.setdefault("results", {})
-    threads = int(overrides.get("threads") or max(1, _cores() // jobs))
     tasks, states = [], {}
     for cell in cells:
         state, _ = inspect_cell(path / cell.name)
@@ -330,10 +329,13 @@ def sweep(data: str, grid: Any, repeats: int = 1, jobs: int = 1, name: str = "",
         if state == "restart":
             shutil.rmtree(path / cell.name)  # a cell that died before its first checkpoint has nothing to keep
         cell_overrides = {**overrides, **cell.values, **({"seed": cell.seed} if cell.seed is not None else {})}
-        if jobs > 1 and "threads" not in overrides:
-            cell_overrides["threads"] = threads
         tasks.append({"cell": cell.name, "data": data, "out": str(path), "name": cell.name, "command": command,
                       "overrides": cell_overrides, "resume": str(path / cell.name) if state == "resume" else None})
+    jobs = max(1, min(jobs, len(tasks)))
+    threads = int(overrides.get("threads") or max(1, _cores() // jobs))
+    if jobs > 1 and "threads" not in overrides:  # cells at once share the cores instead of fighting over them
+        for task in tasks:
+            task["overrides"]["threads"] = threads
     _write_record(path, record)
     say = (lambda msg: print(msg, file=sys.stderr, flush=True)) if progress else (lambda msg: None)
     say(f"sweep {path}: {len(cells)} cells ({states.get('done', 0)} finished, {states.get('resume', 0)} to resume, "

@@ -12,7 +12,8 @@ The rules every rank keeps (README "Multi-node"):
 - BatchNorm keeps per-rank batch statistics (no SyncBatchNorm): with ≥ 16 images per rank that is the usual DDP
   practice (torchvision's reference scripts make sync-BN opt-in), and on CPUs over gloo a collective per BN layer
   would cost more than it gains. DDP broadcasts rank 0's running statistics before each forward, and the engine
-  once more before validation, so every rank evaluates (and rank 0 saves) the same model.
+  once more before validation, so every rank evaluates (and rank 0 saves) the same model. Below 16 images per rank
+  a warning says so (SyncBatchNorm does not run on CPUs at all).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ DEFAULT_TIMEOUT_S = 300
 # Waiting for rank 0 to decode a large data set into the cache can take hours; that one wait uses its own group
 SLOW_TIMEOUT_S = 6 * 3600
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DistributedDataParallel, torch.compile
+MIN_RANK_BATCH = 16  # below this per-rank batch, BatchNorm statistics get noisy (no SyncBatchNorm on CPUs)
 
 
 @dataclass(frozen=True)
@@ -124,6 +126,9 @@ def local_batch_size(global_batch: int, d: Dist) -> int:
     if per_rank * d.world_size != global_batch and d.is_main:
         print(f"warning: --batch-size {global_batch} is not a multiple of {d.world_size} processes; each takes "
               f"{per_rank}, a global batch of {per_rank * d.world_size}", file=sys.stderr)
+    if d.enabled and per_rank < MIN_RANK_BATCH and d.is_main:
+        print(f"warning: {per_rank} images per process and step: BatchNorm statistics over so few are noisy and "
+              "the all-reduce dominates; use fewer processes or a larger --batch-size", file=sys.stderr)
     return per_rank
 
 

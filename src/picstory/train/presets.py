@@ -28,9 +28,11 @@ def preset_values(preset: str, img_size: int) -> dict:
     return dict(table[preset])
 
 
-def photo_size(median_short_side: float) -> int:
-    """Training size for photos: 224 (the pretrained size) unless the images are smaller, in steps of 32."""
-    return int(max(64, min(224, 32 * round(median_short_side / 32))))
+def photo_size(median_short_side: float, on_gpu: bool = False) -> int:
+    """Training size for photos, in steps of 32 and never above the images' own size: 224 (the pretrained size)
+    on a GPU, 160 on a CPU, where a full fine-tuning step at 224 px runs at only a few images/s on 2 cores
+    (bench/photos.py) and 160 px halves the work for a small loss of accuracy. --img-size 224 overrides it."""
+    return int(max(64, min(224 if on_gpu else 160, 32 * round(median_short_side / 32))))
 
 
 def fit_batch_size(batch_size: int, n_images: int, min_steps: int = 30, floor: int = 16) -> int:

@@ -44,7 +44,7 @@ def resolve_config(user: dict, source: sources.Source) -> C.Config:
     """Defaults ← the preset's values for this data ← what the user set. Every 'auto' is decided here, so
     config.yaml holds concrete values and replays the run exactly."""
     cfg = C.from_dict(user)
-    img_size = cfg.data.img_size or _auto_img_size(source)
+    img_size = cfg.data.img_size or _auto_img_size(source, cfg.train.device)
     values = preset_values(cfg.train.preset, img_size)
     values["img_size"] = img_size
     values["batch_size"] = fit_batch_size(values["batch_size"], len(source.records))
@@ -68,7 +68,7 @@ def resolve_config(user: dict, source: sources.Source) -> C.Config:
     return resolved.updated(**extra)
 
 
-def _auto_img_size(source: sources.Source) -> int:
+def _auto_img_size(source: sources.Source, device: str = "auto") -> int:
     if source.in_memory:
         return max(16, int(source.arrays.shape[1]))
     from ..data.decode import DecodeError, probe
@@ -81,7 +81,8 @@ def _auto_img_size(source: sources.Source) -> int:
         except DecodeError:
             continue
     side = statistics.median(sides) if sides else 224
-    return max(16, int(side)) if side <= 64 else photo_size(side)
+    on_gpu = device != "cpu" and torch.cuda.is_available()
+    return max(16, int(side)) if side <= 64 else photo_size(side, on_gpu)
 
 
 def train(data: str | None = None, *, config: str | Path | C.Config | None = None, resume: str | Path | None = None,
