@@ -90,9 +90,6 @@ def _hwc(arr: np.ndarray) -> np.ndarray:
     return arr[:, :, None] if arr.ndim == 2 else arr
 
 
-# ---- channels --------------------------------------------------------------------------------------------------
-
-
 def detect_channels(source, indices: Sequence[int] | None = None, sample: int = 200) -> int:
     """1 when every sampled image is gray (file headers, or in-memory arrays without colour), else 3."""
     if source.in_memory:
@@ -221,7 +218,7 @@ def _digest(data: bytes) -> str:
     return hashlib.blake2b(data, digest_size=16).hexdigest()
 
 
-def _list_name(keys: Sequence[str | None]) -> str:
+def _list_name(keys: Sequence[str | None]) -> str:  # a view's name: the hash of its rows' content keys
     return _digest("\n".join(k or "" for k in keys).encode())
 
 
@@ -240,7 +237,6 @@ def _bar(enabled: bool, total: int, what: str):
         return
     from rich.console import Console
     from rich.progress import Progress
-
     with Progress(console=Console(stderr=True), transient=True) as bar:
         task = bar.add_task(what, total=total)
         yield lambda: bar.advance(task)
