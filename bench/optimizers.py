@@ -54,7 +54,7 @@ def markdown(result: dict) -> str:
             if r["status"] != "ok":
                 cells.append(f"{r['status']}: {r['stop_reason'][:40]}")
                 continue
-            text = f"{r['test_acc']:.4f} ({r['seconds']:.0f} s, {r['epochs']} ep)"
+            text = f"{r['test_acc']:.4f} ({r['seconds']:.0f} s, {r['epochs_run']} ep)"
             cells.append(f"**{text}**" if r["cell"] == result["best"] else text)
         lines.append(f"| {opt} | " + " | ".join(cells) + " |")
     total = sum(r["seconds"] or 0 for r in result["rows"])

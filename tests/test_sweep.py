@@ -17,7 +17,7 @@ from picstory.train.engine import Callback
 CELL = dict(model="seed-mnist-cnn", epochs=1, batch_size=32, progress=False)
 GRID = ["optimizer=adam,sgd", "lr=1e-2,1e-3"]
 NAMES = ["optimizer=adam,lr=1e-2", "optimizer=adam,lr=1e-3", "optimizer=sgd,lr=1e-2", "optimizer=sgd,lr=1e-3"]
-COLUMNS = ["cell", "optimizer", "lr", "best_val_acc", "test_acc", "best_epoch", "epochs", "seconds", "stop_reason",
+COLUMNS = ["cell", "optimizer", "lr", "best_val_acc", "test_acc", "best_epoch", "epochs_run", "seconds", "stop_reason",
            "status"]
 
 
@@ -80,7 +80,7 @@ def test_grid_writes_comparison(swept):
     assert [(r["optimizer"], r["lr"]) for r in rows] == [("adam", "1e-2"), ("adam", "1e-3"), ("sgd", "1e-2"),
                                                          ("sgd", "1e-3")]
     for r in rows:
-        assert r["status"] == "ok" and r["epochs"] == "1" and r["stop_reason"] == "max epochs"
+        assert r["status"] == "ok" and r["epochs_run"] == "1" and r["stop_reason"] == "max epochs"
         assert 0 <= float(r["best_val_acc"]) <= 1 and 0 <= float(r["test_acc"]) <= 1
         assert (path / r["cell"] / "config.yaml").is_file() and (path / r["cell"] / "model").is_dir()
     assert result["best"] == max(rows, key=lambda r: float(r["best_val_acc"]))["cell"]
@@ -133,7 +133,7 @@ def test_interrupted_sweep_resumes_where_it_stopped(tmp_path):
     result = sweep("builtin:digits", ["lr=1e-2,1e-3"], out=str(tmp_path), name="cut", callbacks=[count], **opts)
     assert count.fits == 2 and count.epochs == 1 + 2  # the cut cell's second epoch, the other cell's two
     _, rows = read_csv(path / "comparison.csv")
-    assert [(r["cell"], r["epochs"], r["status"]) for r in rows] == [("lr=1e-2", "2", "ok"), ("lr=1e-3", "2", "ok")]
+    assert [(r["cell"], r["epochs_run"], r["status"]) for r in rows] == [("lr=1e-2", "2", "ok"), ("lr=1e-3", "2", "ok")]
     assert len(read_csv(path / "lr=1e-2" / "metrics.csv")[1]) == 2
     assert result["best"] in ("lr=1e-2", "lr=1e-3")
 
@@ -217,7 +217,7 @@ def test_failing_cells_are_recorded_and_the_sweep_goes_on(tmp_path):
         assert "seed-mnist-cnn" in reason and " 2" in reason and "px" in reason
     assert by_cell["img_size=16,lr=1e6"]["status"] == "failed"
     assert by_cell["img_size=16,lr=1e6"]["stop_reason"].startswith("nan loss")
-    assert by_cell["img_size=16,lr=1e-2"]["status"] == "ok" and by_cell["img_size=16,lr=1e-2"]["epochs"] == "1"
+    assert by_cell["img_size=16,lr=1e-2"]["status"] == "ok" and by_cell["img_size=16,lr=1e-2"]["epochs_run"] == "1"
     assert result["best"] == "img_size=16,lr=1e-2"
     assert f"img_size=2,lr=1e6: failed — {by_cell['img_size=2,lr=1e6']['stop_reason']}" in result["table"]
     assert (path / "comparison.html").is_file() and len(list((path / "logs").glob("*.log"))) == 4
@@ -235,3 +235,23 @@ def test_repeats_add_mean_and_std_rows(tmp_path):
     assert float(rows[3]["best_val_acc"]) == pytest.approx(abs(vals[0] - vals[1]) / 2 ** 0.5, abs=1e-5)
     assert rows[2]["status"] == "2/2 ok"
     assert "±" in result["table"]
+
+
+def test_comparison_of_an_epochs_axis_keeps_axis_and_result_apart(tmp_path):
+    # written by hand, no training: the axis value and the epochs a run really trained are different columns
+    from picstory.compare.report import write_comparison
+
+    cells = make_cells(validate_grid(parse_grid(["epochs=3,5"]), {}, 1), repeats=1, base_seed=0)
+    for cell, (val, ran) in zip(cells, [(0.8, 3), (0.9, 4)]):
+        (tmp_path / cell.name).mkdir()
+        (tmp_path / cell.name / "summary.json").write_text(json.dumps({
+            "val_accuracy": val, "test_accuracy": val - 0.05, "best_epoch": ran, "epochs_run": ran,
+            "train_seconds": 2.0, "stop_reason": "max epochs" if ran == 3 else "early stopping"}))
+        (tmp_path / cell.name / "metrics.csv").write_text(
+            "epoch,val_loss,val_acc\n" + "".join(f"{e},{1 / e},{val * e / ran}\n" for e in range(1, ran + 1)))
+    result = write_comparison(tmp_path, cells, {"data": "builtin:digits", "grid": {"epochs": ["3", "5"]},
+                                                "overrides": {}}, repeats=1)
+    _, rows = read_csv(tmp_path / "comparison.csv")
+    assert [(r["epochs"], r["epochs_run"], r["status"]) for r in rows] == [("3", "3", "ok"), ("5", "4", "ok")]
+    assert result["best"] == "epochs=5"
+    assert (tmp_path / "comparison.html").read_text().count("data:image/png;base64,") == 1  # 1-D: curves only

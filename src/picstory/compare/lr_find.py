@@ -143,9 +143,10 @@ def lr_figure(found: dict):
     if lrs and lr:
         i = min(range(len(lrs)), key=lambda k: abs(math.log(lrs[k]) - math.log(lr)))
         fig.axes[0].plot([lrs[i]], [losses[i]], "o", color=BEST, markersize=8, zorder=5)
-        top = min(max(losses), 2.5 * losses[0]) if losses else None
-        if top and top > min(losses):  # the explosion at the end would squash the useful part of the curve
-            fig.axes[0].set_ylim(min(losses) - 0.05 * (top - min(losses)), top)
+        # the last few points are the explosion, which would squash the useful part of the curve (fastai skips 5)
+        top, low = max(losses[: max(1, len(losses) - 5)]), min(losses)
+        if top > low:
+            fig.axes[0].set_ylim(low - 0.05 * (top - low), top + 0.05 * (top - low))
     return fig
 
 

@@ -81,8 +81,10 @@ def heatmap_figure(row_key: str, row_labels: list[str], col_key: str, col_labels
     shown = np.ma.masked_invalid(values)
     finite = values[np.isfinite(values)]
     vmin, vmax = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+    if vmax - vmin < 1e-3:  # one finished cell (or all equal): a readable colour bar instead of a 1e-6 offset
+        vmin, vmax = vmin - 0.01, vmax + 0.01
     cmap = colormaps["viridis"].with_extremes(bad="#dddddd")  # failed cells in gray
-    image = ax.imshow(shown, cmap=cmap, vmin=vmin, vmax=vmax if vmax > vmin else vmin + 1e-6, aspect="auto")
+    image = ax.imshow(shown, cmap=cmap, vmin=vmin, vmax=vmax, aspect="auto")
     for i in range(values.shape[0]):
         for j in range(values.shape[1]):
             v = values[i, j]

@@ -21,7 +21,7 @@ from ..runs import read_json
 from .sweep import Cell, inspect_cell, outcome
 from .table import cell_text, render
 
-METRICS = ["best_val_acc", "test_acc", "best_epoch", "epochs", "seconds"]
+METRICS = ["best_val_acc", "test_acc", "best_epoch", "epochs_run", "seconds"]  # epochs_run: "epochs" may be an axis
 TAIL = METRICS + ["stop_reason", "status"]
 
 
@@ -35,7 +35,7 @@ def cell_rows(path: Path, cells: list[Cell], record: dict, repeats: int) -> list
         if state == "done":
             status, reason = outcome(summary)
             row.update(best_val_acc=summary.get("val_accuracy"), test_acc=summary.get("test_accuracy"),
-                       best_epoch=summary.get("best_epoch"), epochs=summary.get("epochs_run"),
+                       best_epoch=summary.get("best_epoch"), epochs_run=summary.get("epochs_run"),
                        seconds=summary.get("train_seconds"), stop_reason=reason, status=status)
         else:
             recorded = record.get("results", {}).get(cell.name, {})
@@ -95,13 +95,13 @@ def display_rows(rows: list[dict], aggregates: list[dict], cells: list[Cell], be
     """What a reader compares: one row per setting (mean ± std over repeats when there are repeats), best starred."""
     if not aggregates:
         shown = [{**r, "best": "★" if c.group == best else ""} for c, r in zip(cells, rows)]
-        return shown, ["best", *axes, "best_val_acc", "test_acc", "epochs", "seconds", "status"]
+        return shown, ["best", *axes, "best_val_acc", "test_acc", "epochs_run", "seconds", "status"]
     shown = []
     for mean, std in zip(aggregates[::2], aggregates[1::2]):
         shown.append({"best": "★" if mean["cell"] == best else "", **{a: mean[a] for a in axes},
-                      **{m: _pm(m, mean, std) for m in ("best_val_acc", "test_acc", "epochs", "seconds")},
+                      **{m: _pm(m, mean, std) for m in ("best_val_acc", "test_acc", "epochs_run", "seconds")},
                       "status": mean["status"]})
-    return shown, ["best", *axes, "best_val_acc", "test_acc", "epochs", "seconds", "status"]
+    return shown, ["best", *axes, "best_val_acc", "test_acc", "epochs_run", "seconds", "status"]
 
 
 def _markdown(rows: list[dict], columns: list[str]) -> str:

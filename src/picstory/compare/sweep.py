@@ -343,6 +343,9 @@ def sweep(data: str, grid: Any, repeats: int = 1, jobs: int = 1, name: str = "",
     try:
         for k, (task, result) in enumerate(_run_all(tasks, jobs, path / "logs", callbacks), 1):
             results[task["cell"]] = result
+            if result["status"] == "failed" and inspect_cell(path / task["cell"])[0] == "restart":
+                # failed before its first checkpoint: the folder holds no results, only a ghost for `picstory runs`
+                shutil.rmtree(path / task["cell"], ignore_errors=True)
             _write_record(path, record)
             say(f"[{k}/{len(tasks)}] {task['cell']}: {_result_line(path / task['cell'], result)}")
     except KeyboardInterrupt:
