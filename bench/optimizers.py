@@ -51,10 +51,12 @@ def markdown(result: dict) -> str:
         cells = []
         for lr in LRS:
             r = rows[(opt, lr)]
-            if r["status"] != "ok":
+            if r["test_acc"] is None:
                 cells.append(f"{r['status']}: {r['stop_reason'][:40]}")
                 continue
             text = f"{r['test_acc']:.4f} ({r['seconds']:.0f} s, {r['epochs_run']} ep)"
+            if r["status"] != "ok":  # e.g. diverged: the numbers are kept, the verdict beside them
+                text += f" ✗ {r['stop_reason'].split(':')[0]}"
             cells.append(f"**{text}**" if r["cell"] == result["best"] else text)
         lines.append(f"| {opt} | " + " | ".join(cells) + " |")
     total = sum(r["seconds"] or 0 for r in result["rows"])

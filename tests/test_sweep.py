@@ -255,3 +255,19 @@ def test_comparison_of_an_epochs_axis_keeps_axis_and_result_apart(tmp_path):
     assert [(r["epochs"], r["epochs_run"], r["status"]) for r in rows] == [("3", "3", "ok"), ("5", "4", "ok")]
     assert result["best"] == "epochs=5"
     assert (tmp_path / "comparison.html").read_text().count("data:image/png;base64,") == 1  # 1-D: curves only
+
+
+@pytest.mark.parametrize("losses, val, expected", [
+    ([6.75, 2.36, 2.31], 0.1006, "failed"),  # blew up, then stuck at a constant guess: diverged
+    ([2.31, 2.31, 2.30], 0.134, "ok"),  # barely learning is slow, not diverged
+    ([6.75, 1.2, 0.4], 0.93, "ok"),  # a spike it recovered from
+])
+def test_divergence_that_stays_finite_is_a_failure(tmp_path, losses, val, expected):
+    from picstory.compare.sweep import outcome
+
+    (tmp_path / "metrics.csv").write_text("epoch,train_loss\n" + "".join(f"{i},{v}\n" for i, v in enumerate(losses)))
+    summary = {"val_accuracy": val, "stop_reason": "max epochs", "classes": [str(i) for i in range(10)]}
+    status, reason = outcome(summary, tmp_path)
+    assert status == expected
+    assert reason.startswith("diverged: train loss reached 6.75") if expected == "failed" else reason == "max epochs"
+    assert outcome({**summary, "stop_reason": "nan loss at epoch 1, step 3"}, tmp_path)[0] == "failed"

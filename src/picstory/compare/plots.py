@@ -15,20 +15,33 @@ from matplotlib.ticker import MaxNLocator
 from ..evaluate.plots import BEST, label, new_figure, placeholder_figure
 
 
-def _palette(n: int) -> list:
-    cmap = colormaps["tab10" if n <= 10 else "tab20"]
-    return [cmap(i % cmap.N) for i in range(n)]
+DASHES = ["-", "--", ":", "-."]
+
+
+def _styles(series: list[dict]) -> dict[str, tuple]:
+    """group → (colour, line style). A two-axis grid reads best with a colour per value of the first axis and a
+    dash per value of the second (adam = blue, lr 1e-3 = dashed); otherwise one colour per group."""
+    groups = list(dict.fromkeys(s["group"] for s in series))
+    keys = list(series[0].get("labels", {}))
+    if len(keys) == 2:
+        firsts = list(dict.fromkeys(s["labels"][keys[0]] for s in series))
+        seconds = list(dict.fromkeys(s["labels"][keys[1]] for s in series))
+        if len(seconds) <= len(DASHES) and len(firsts) <= 10:
+            cmap = colormaps["tab10"]
+            return {s["group"]: (cmap(firsts.index(s["labels"][keys[0]])),
+                                 DASHES[seconds.index(s["labels"][keys[1]])]) for s in series}
+    cmap = colormaps["tab10" if len(groups) <= 10 else "tab20"]
+    return {g: (cmap(i % cmap.N), "-") for i, g in enumerate(groups)}
 
 
 def curves_figure(series: list[dict], best_group: str | None = None):
-    """``series``: ``{"group", "label", "metrics": [rows of metrics.csv]}`` per run. One colour per group (the
-    repeats of one setting share it); the best group is drawn thick and starred in the legend."""
+    """``series``: ``{"group", "labels": {axis: value}, "metrics": [rows of metrics.csv]}`` per run. The repeats
+    of one setting share a style; the best group is drawn thick and starred in the legend."""
     series = [s for s in series if s["metrics"]]
     if not series:
         return placeholder_figure("no finished epochs to plot yet")
-    groups = list(dict.fromkeys(s["group"] for s in series))
-    colour = dict(zip(groups, _palette(len(groups))))
-    fig = new_figure(12, 4.2 if len(groups) <= 8 else 5.5)
+    styles = _styles(series)
+    fig = new_figure(12, 4.2 if len(styles) <= 8 else 5.5)
     acc_ax, loss_ax = fig.subplots(1, 2)
     labelled: set = set()
     for s in series:
@@ -38,8 +51,10 @@ def curves_figure(series: list[dict], best_group: str | None = None):
         if s["group"] not in labelled:
             labelled.add(s["group"])
             legend = ("★ " if best else "") + label(s["group"], 48)
-        style = {"color": colour[s["group"]], "linewidth": 2.6 if best else 1.2, "alpha": 1.0 if best else 0.8,
-                 "marker": "o" if len(epochs) <= 30 else None, "markersize": 3, "zorder": 3 if best else 2}
+        colour, dash = styles[s["group"]]
+        style = {"color": colour, "linestyle": dash, "linewidth": 2.8 if best else 1.3, "alpha": 1.0 if best else 0.85,
+                 "marker": "o" if len(epochs) <= 30 else None, "markersize": 4 if best else 2.5,
+                 "zorder": 3 if best else 2}
         acc_ax.plot(epochs, [_num(r.get("val_acc")) for r in s["metrics"]], label=legend, **style)
         loss_ax.plot(epochs, [_num(r.get("val_loss")) for r in s["metrics"]], **style)
     last = max(float(s["metrics"][-1]["epoch"]) for s in series)
@@ -51,7 +66,7 @@ def curves_figure(series: list[dict], best_group: str | None = None):
         ax.grid(alpha=0.3)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     _clip_loss_axis(loss_ax, series)
-    fig.legend(loc="outside right upper", fontsize=8, frameon=False)
+    fig.legend(loc="outside right upper", fontsize=8, frameon=False, handlelength=3)
     return fig
 
 

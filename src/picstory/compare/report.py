@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from ..runs import read_json
-from .sweep import Cell, inspect_cell, outcome
+from .sweep import Cell, read_metrics, inspect_cell, outcome
 from .table import cell_text, render
 
 METRICS = ["best_val_acc", "test_acc", "best_epoch", "epochs_run", "seconds"]  # epochs_run: "epochs" may be an axis
@@ -33,7 +33,7 @@ def cell_rows(path: Path, cells: list[Cell], record: dict, repeats: int) -> list
         if repeats > 1:
             row["seed"] = cell.seed
         if state == "done":
-            status, reason = outcome(summary)
+            status, reason = outcome(summary, path / cell.name)
             row.update(best_val_acc=summary.get("val_accuracy"), test_acc=summary.get("test_accuracy"),
                        best_epoch=summary.get("best_epoch"), epochs_run=summary.get("epochs_run"),
                        seconds=summary.get("train_seconds"), stop_reason=reason, status=status)
@@ -115,7 +115,7 @@ def _figures(path: Path, cells: list[Cell], rows: list[dict], axes: dict, best: 
     from ..evaluate.plots import figure_png
     from .plots import curves_figure, heatmap_figure
 
-    series = [{"group": c.group, "label": c.name, "metrics": _metrics(path / c.name)} for c in cells]
+    series = [{"group": c.group, "labels": c.labels, "metrics": read_metrics(path / c.name)} for c in cells]
     pngs = {"curves": figure_png(curves_figure(series, best))}
     keys = list(axes)
     if len(keys) == 2 and all(len(v) > 1 for v in axes.values()):
@@ -133,14 +133,6 @@ def _figures(path: Path, cells: list[Cell], rows: list[dict], axes: dict, best: 
             at = (r_labels.index(cell.labels[keys[0]]), c_labels.index(cell.labels[keys[1]]))
         pngs["heatmap"] = figure_png(heatmap_figure(keys[0], r_labels, keys[1], c_labels, grid, at))
     return pngs
-
-
-def _metrics(run_dir: Path) -> list[dict]:
-    try:
-        with open(run_dir / "metrics.csv", newline="") as f:
-            return list(csv.DictReader(f))
-    except OSError:
-        return []
 
 
 def write_comparison(path: Path, cells: list[Cell], record: dict, repeats: int) -> dict:

@@ -12,6 +12,7 @@ import datetime
 import hashlib
 import itertools
 import json
+import math
 import os
 import re
 import shutil
@@ -199,11 +200,35 @@ def inspect_cell(cell_dir: Path) -> tuple[str, dict]:
     return ("restart" if cell_dir.exists() else "new"), {}
 
 
-def outcome(summary: dict) -> tuple[str, str]:
-    """(status, reason) of a finished run: a NaN stop or a run without a single validated epoch failed."""
+def outcome(summary: dict, run_dir: Path) -> tuple[str, str]:
+    """(status, reason) of a finished run. Failed: a NaN stop, no validated epoch, or a divergence that stayed
+    finite — the training loss went far above a uniform guess's (ln K) and the model never beat chance."""
     reason = str(summary.get("stop_reason", ""))
-    failed = reason.startswith("nan loss") or summary.get("val_accuracy") is None
-    return ("failed" if failed else "ok"), reason
+    if reason.startswith("nan loss") or summary.get("val_accuracy") is None:
+        return "failed", reason
+    k = len(summary.get("classes") or [])
+    losses = [_float(row.get("train_loss")) for row in read_metrics(run_dir)]
+    if k > 1 and losses and max(losses) > 2 * math.log(k) and summary["val_accuracy"] < 1.5 / k:
+        return "failed", (f"diverged: train loss reached {max(losses):.3g} (a uniform guess scores ln {k} = "
+                          f"{math.log(k):.2f}) and validation accuracy stayed at chance ({summary['val_accuracy']:.3f})")
+    return "ok", reason
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    import csv
+
+    try:
+        with open(run_dir / "metrics.csv", newline="") as f:
+            return list(csv.DictReader(f))
+    except OSError:
+        return []
+
+
+def _float(v: Any) -> float:
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return math.nan
 
 
 def train_cell(task: dict, callbacks: list | None = None) -> dict:
@@ -222,7 +247,7 @@ def train_cell(task: dict, callbacks: list | None = None) -> dict:
         return {"status": "failed", "reason": str(e)}
     except Exception as e:  # a crash in one cell (e.g. out of memory) must not cost the rest of the sweep
         return {"status": "failed", "reason": f"crashed: {type(e).__name__}: {str(e).splitlines()[0][:200]}"}
-    status, reason = outcome(run.summary)
+    status, reason = outcome(run.summary, Path(run.path))
     return {"status": status, "reason": reason}
 
 
@@ -258,8 +283,8 @@ def _train_cell_process(task: dict, log_dir: Path, running: dict) -> dict:
         lines = [ln for ln in log.read_text(errors="replace").splitlines() if ln.strip()]
         said = next((ln[len("error: "):] for ln in reversed(lines) if ln.startswith("error: ")), None)
         return {"status": "failed", "reason": said or f"crashed (exit {code}): {lines[-1][:200] if lines else ''}"}
-    summary = read_json(Path(task["out"]) / task["name"] / "summary.json")
-    status, reason = outcome(summary)
+    run_dir = Path(task["out"]) / task["name"]
+    status, reason = outcome(read_json(run_dir / "summary.json"), run_dir)
     return {"status": status, "reason": reason}
 
 
@@ -313,6 +338,8 @@ def sweep(data: str, grid: Any, repeats: int = 1, jobs: int = 1, name: str = "",
     axes = validate_grid(parse_grid(grid), overrides, repeats)
     if jobs < 1:
         raise ConfigError(f"--jobs must be ≥ 1, got {jobs}")
+    if callbacks and jobs > 1:
+        raise ValueError("callbacks need jobs=1: cells trained in other processes cannot call them")
     sources.resolve(data, overrides.get("path_col", ""), overrides.get("label_col", ""))  # fail before any cell
     cells = make_cells(axes, repeats, int(overrides.get("seed", 0)))
     path = Path(out or "runs") / (name or f"sweep-{slug(data)}")
@@ -364,4 +391,5 @@ def _result_line(cell_dir: Path, result: dict) -> str:
             f"  {s.get('epochs_run')} epochs  {s.get('train_seconds', 0):.1f}s  ({result['reason']})")
 
 
-__all__ = ["sweep", "parse_grid", "validate_grid", "make_cells", "inspect_cell", "outcome", "train_cell", "Cell"]
+__all__ = ["sweep", "parse_grid", "validate_grid", "make_cells", "inspect_cell", "outcome", "read_metrics", "train_cell",
+           "Cell"]

@@ -169,5 +169,9 @@ class EpochNaNGuard(NaNGuard):
 
 
 def teardown(d: Dist) -> None:
+    """Leave the process group together, after rank 0 has written the summary and report (hence the long-timeout
+    wait). A rank that destroyed its group while a peer still used it aborted at exit now and then (gloo:
+    'terminate called without an active exception'), and torchrun then failed the whole job."""
     if d.enabled and dist.is_initialized():
+        dist.barrier(group=d.slow_group)
         dist.destroy_process_group()
