@@ -45,8 +45,9 @@ def rank_batches(n: int, global_batch: int, world: int, epoch: int = 3) -> list[
     out = []
     for rank in range(world):
         d = Dist(rank=rank, world_size=world)
-        it = BatchIterator(torch.zeros(n, 1, 2, 2, dtype=torch.uint8), torch.arange(n), local_batch_size(global_batch, d),
-                           (0.5,), (0.5,), shuffle=True, drop_last=True, seed=7, rank=rank, world_size=world)
+        x = torch.zeros(n, 1, 2, 2, dtype=torch.uint8)
+        it = BatchIterator(x, torch.arange(n), local_batch_size(global_batch, d), (0.5,), (0.5,), shuffle=True,
+                           drop_last=True, seed=7, rank=rank, world_size=world)
         it.set_epoch(epoch)
         out.append([y.tolist() for _, y in it])
     return out

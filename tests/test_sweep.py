@@ -8,7 +8,8 @@ import json
 
 import pytest
 
-from picstory.compare.sweep import cell_command, make_cells, parse_grid, sweep, validate_grid
+from picstory.compare.cells import cell_command, outcome
+from picstory.compare.sweep import make_cells, parse_grid, sweep, validate_grid
 from picstory.compare.table import format_runs
 from picstory.errors import ConfigError, UserError
 from picstory.runs import list_runs
@@ -263,8 +264,6 @@ def test_comparison_of_an_epochs_axis_keeps_axis_and_result_apart(tmp_path):
     ([6.75, 1.2, 0.4], 0.93, "ok"),  # a spike it recovered from
 ])
 def test_divergence_that_stays_finite_is_a_failure(tmp_path, losses, val, expected):
-    from picstory.compare.sweep import outcome
-
     (tmp_path / "metrics.csv").write_text("epoch,train_loss\n" + "".join(f"{i},{v}\n" for i, v in enumerate(losses)))
     summary = {"val_accuracy": val, "stop_reason": "max epochs", "classes": [str(i) for i in range(10)]}
     status, reason = outcome(summary, tmp_path)

@@ -83,6 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--config", default=None, help="a config.yaml (e.g. from an earlier run) to reproduce")
     tr.add_argument("--resume", default=None, metavar="RUN", help="continue an interrupted run")
     tr.add_argument("--quiet", action="store_true", help="no progress output")
+    tr.add_argument("--nproc", type=int, default=None, metavar="N",
+                    help="train in N processes on this machine (torchrun/DDP; --batch-size stays the global batch)")
     _add_config_flags(tr)
 
     ev = sub.add_parser("eval", help="metrics of a run on its test split or on DATA")

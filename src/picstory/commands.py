@@ -39,6 +39,10 @@ def cmd_data(args: argparse.Namespace, argv: list[str]) -> int:
 
 
 def cmd_train(args: argparse.Namespace, argv: list[str]) -> int:
+    if args.nproc is not None and args.nproc != 1:
+        from .launch import launch
+
+        return launch(args.nproc, argv, device=args.device or "auto")
     from .train.run import train
 
     run = train(args.data, config=args.config, resume=args.resume, progress=not args.quiet,

@@ -71,7 +71,7 @@ class AugmentConfig:
 class TrainConfig:
     preset: str = opt("default", "recipe preset: fast, default or best", choices=("fast", "default", "best"))
     epochs: int = opt(0, "maximum epochs (0 = preset's choice)", min=0)
-    batch_size: int = opt(0, "images per step (0 = preset's choice)", min=0)
+    batch_size: int = opt(0, "images per step, all processes together (0 = preset's choice)", min=0)
     optimizer: str = opt("adamw", "optimizer", choices=("sgd", "sgd-momentum", "adam", "adamw", "adamax",
                                                          "rmsprop", "adagrad"))
     lr: str = opt("preset", "peak learning rate; preset = the preset's value; auto = run the LR finder first")

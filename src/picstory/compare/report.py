@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..runs import read_json
-from .sweep import Cell, read_metrics, inspect_cell, outcome
+from .cells import inspect_cell, outcome, read_metrics
+from .sweep import Cell
 from .table import cell_text, render
 
 METRICS = ["best_val_acc", "test_acc", "best_epoch", "epochs_run", "seconds"]  # epochs_run: "epochs" may be an axis

@@ -12,20 +12,20 @@ import datetime
 import hashlib
 import itertools
 import json
-import math
 import os
 import re
 import shutil
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import yaml
 
 from .. import config as C
 from ..errors import ConfigError, UserError
 from ..runs import read_json, slug
+from .cells import inspect_cell, run_all
 
 # keys that define where and on what a sweep runs, not what it compares
 NOT_AN_AXIS = {"data": "a sweep compares settings on one data set; run one sweep per DATA",
@@ -188,139 +188,6 @@ def _write_record(path: Path, record: dict) -> None:
     atomic_write(path / "sweep.json", json.dumps(record, indent=1))
 
 
-def inspect_cell(cell_dir: Path) -> tuple[str, dict]:
-    """``done`` (a summary with a final stop reason), ``resume`` (a checkpoint to continue from), ``restart`` (a
-    folder that never saved a checkpoint) or ``new``; with the summary when there is one."""
-    summary = read_json(cell_dir / "summary.json")
-    reason = summary.get("stop_reason")
-    if reason and reason != "interrupted":
-        return "done", summary
-    if (cell_dir / "checkpoints" / "last.pt").is_file():
-        return "resume", summary
-    return ("restart" if cell_dir.exists() else "new"), {}
-
-
-def outcome(summary: dict, run_dir: Path) -> tuple[str, str]:
-    """(status, reason) of a finished run. Failed: a NaN stop, no validated epoch, or a divergence that stayed
-    finite — the training loss went far above a uniform guess's (ln K) and the model never beat chance."""
-    reason = str(summary.get("stop_reason", ""))
-    if reason.startswith("nan loss") or summary.get("val_accuracy") is None:
-        return "failed", reason
-    k = len(summary.get("classes") or [])
-    losses = [_float(row.get("train_loss")) for row in read_metrics(run_dir)]
-    if k > 1 and losses and max(losses) > 2 * math.log(k) and summary["val_accuracy"] < 1.5 / k:
-        return "failed", (f"diverged: train loss reached {max(losses):.3g} (a uniform guess scores ln {k} = "
-                          f"{math.log(k):.2f}) and validation accuracy stayed at chance ({summary['val_accuracy']:.3f})")
-    return "ok", reason
-
-
-def read_metrics(run_dir: Path) -> list[dict]:
-    import csv
-
-    try:
-        with open(run_dir / "metrics.csv", newline="") as f:
-            return list(csv.DictReader(f))
-    except OSError:
-        return []
-
-
-def _float(v: Any) -> float:
-    try:
-        return float(v)
-    except (TypeError, ValueError):
-        return math.nan
-
-
-def train_cell(task: dict, callbacks: list | None = None) -> dict:
-    """Train (or resume) one cell; never raises for a cell's own failure. Runs in this process or a worker."""
-    from ..train.run import train
-
-    try:
-        if task["resume"]:
-            run = train(resume=task["resume"], progress=False, command=task["command"], callbacks=callbacks)
-        else:
-            run = train(task["data"], progress=False, command=task["command"], callbacks=callbacks,
-                        out=task["out"], name=task["name"], **task["overrides"])
-    except KeyboardInterrupt:
-        return {"status": "interrupted", "reason": "interrupted"}
-    except UserError as e:
-        return {"status": "failed", "reason": str(e)}
-    except Exception as e:  # a crash in one cell (e.g. out of memory) must not cost the rest of the sweep
-        return {"status": "failed", "reason": f"crashed: {type(e).__name__}: {str(e).splitlines()[0][:200]}"}
-    status, reason = outcome(run.summary, Path(run.path))
-    return {"status": status, "reason": reason}
-
-
-def cell_command(task: dict) -> list[str]:
-    """The ``python -m picstory train`` command line that trains (or resumes) a cell in its own process."""
-    base = [sys.executable, "-m", "picstory", "train", "--quiet"]
-    if task["resume"]:
-        return base + ["--resume", task["resume"]]
-    args = base + [task["data"], f"--out={task['out']}", f"--name={task['name']}"]
-    for key, value in task["overrides"].items():
-        flag = key.replace("_", "-")
-        if isinstance(value, bool):
-            args.append(f"--{flag}" if value else f"--no-{flag}")
-        else:
-            args.append(f"--{flag}={value}")  # '=' keeps a value that starts with '-' from reading as a flag
-    return args
-
-
-def _train_cell_process(task: dict, log_dir: Path, running: dict) -> dict:
-    """One cell in a child process (own interpreter, own threads, own memory): its log goes to log_dir."""
-    import subprocess
-
-    log_dir.mkdir(exist_ok=True)
-    log = log_dir / f"{task['cell']}.log"
-    with open(log, "w") as f:
-        proc = subprocess.Popen(cell_command(task), stdout=f, stderr=subprocess.STDOUT)
-        running[task["cell"]] = proc
-        code = proc.wait()
-        running.pop(task["cell"], None)
-    if code == 130:
-        return {"status": "interrupted", "reason": "interrupted"}
-    if code != 0:
-        lines = [ln for ln in log.read_text(errors="replace").splitlines() if ln.strip()]
-        said = next((ln[len("error: "):] for ln in reversed(lines) if ln.startswith("error: ")), None)
-        return {"status": "failed", "reason": said or f"crashed (exit {code}): {lines[-1][:200] if lines else ''}"}
-    run_dir = Path(task["out"]) / task["name"]
-    status, reason = outcome(read_json(run_dir / "summary.json"), run_dir)
-    return {"status": status, "reason": reason}
-
-
-def _run_all(tasks: list[dict], jobs: int, log_dir: Path, callbacks: list | None) -> Iterator[tuple[dict, dict]]:
-    """(task, result) as cells finish: in this process for one job, else ``jobs`` child processes at a time."""
-    if jobs <= 1:
-        for task in tasks:
-            result = train_cell(task, callbacks)
-            yield task, result
-            if result["status"] == "interrupted":
-                raise KeyboardInterrupt
-        return
-    import concurrent.futures as cf
-    import signal
-    import subprocess
-
-    running: dict = {}  # cell → Popen, so that Ctrl-C reaches every child even when sent to this process only
-    # threads only wait on child processes; the children do the work (a process per cell: a crash or a leak in
-    # one cell cannot take the others with it, and no re-import of the caller's __main__ as spawn would)
-    pool = cf.ThreadPoolExecutor(max_workers=jobs)
-    try:
-        futures = {pool.submit(_train_cell_process, task, log_dir, running): task for task in tasks}
-        for future in cf.as_completed(futures):
-            yield futures[future], future.result()
-    except BaseException:
-        pool.shutdown(wait=False, cancel_futures=True)
-        for proc in list(running.values()):
-            try:  # a Ctrl-C on the terminal reached the children already; one sent to us alone did not
-                proc.wait(timeout=2)
-            except subprocess.TimeoutExpired:
-                proc.send_signal(signal.SIGINT)  # the child keeps its last finished epoch and exits
-                proc.wait()
-        raise
-    pool.shutdown(wait=True)
-
-
 def _cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
@@ -368,7 +235,7 @@ def sweep(data: str, grid: Any, repeats: int = 1, jobs: int = 1, name: str = "",
     say(f"sweep {path}: {len(cells)} cells ({states.get('done', 0)} finished, {states.get('resume', 0)} to resume, "
         f"{len(tasks) - states.get('resume', 0)} to train){f', {jobs} jobs × {threads} threads' if jobs > 1 else ''}")
     try:
-        for k, (task, result) in enumerate(_run_all(tasks, jobs, path / "logs", callbacks), 1):
+        for k, (task, result) in enumerate(run_all(tasks, jobs, path / "logs", callbacks), 1):
             results[task["cell"]] = result
             if result["status"] == "failed" and inspect_cell(path / task["cell"])[0] == "restart":
                 # failed before its first checkpoint: the folder holds no results, only a ghost for `picstory runs`
@@ -391,5 +258,4 @@ def _result_line(cell_dir: Path, result: dict) -> str:
             f"  {s.get('epochs_run')} epochs  {s.get('train_seconds', 0):.1f}s  ({result['reason']})")
 
 
-__all__ = ["sweep", "parse_grid", "validate_grid", "make_cells", "inspect_cell", "outcome", "read_metrics", "train_cell",
-           "Cell"]
+__all__ = ["sweep", "parse_grid", "validate_grid", "make_cells", "Cell"]
