@@ -41,10 +41,11 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise ConfigError(f"{path}: not a state dict of tensors (expected name → tensor, optionally under "
                           f"'state_dict' or 'model')")
-    return {_strip(k): v for k, v in obj.items()}
+    return {strip_prefixes(k): v for k, v in obj.items()}
 
 
-def _strip(key: str) -> str:
+def strip_prefixes(key: str) -> str:
+    """A parameter name without DDP's ``module.`` / torch.compile's ``_orig_mod.`` wrapper prefixes."""
     changed = True
     while changed:
         changed = False

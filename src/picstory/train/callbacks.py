@@ -28,6 +28,7 @@ def _better(monitor: str, value: float, best: float | None, min_delta: float = 0
 
 class EarlyStopping(Callback):
     order = 20
+    state_keys = ('best', 'wait')
 
     def __init__(self, monitor: str = "val_loss", patience: int = 5, min_delta: float = 0.001):
         self.monitor, self.patience, self.min_delta = monitor, patience, min_delta
@@ -43,17 +44,13 @@ class EarlyStopping(Callback):
         if self.patience and self.wait >= self.patience:
             raise StopTraining(f"early stopping: {self.monitor} did not improve for {self.wait} epochs")
 
-    def state_dict(self) -> dict:
-        return {"best": self.best, "wait": self.wait}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.best, self.wait = state.get("best"), state.get("wait", 0)
 
 
 class BestCheckpoint(Callback):
     """Keeps the best epoch's weights as the bundle (the model that predict / serve / export use)."""
 
     order = 10
+    state_keys = ('best', 'best_epoch')
 
     def __init__(self, save: Callable[[Learner], None], monitor: str = "val_loss"):
         self.save, self.monitor = save, monitor
@@ -67,11 +64,6 @@ class BestCheckpoint(Callback):
             if L.is_main:
                 self.save(L)
 
-    def state_dict(self) -> dict:
-        return {"best": self.best, "best_epoch": self.best_epoch}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.best, self.best_epoch = state.get("best"), state.get("best_epoch", 0)
 
 
 class LastCheckpoint(Callback):
@@ -97,6 +89,7 @@ class MetricsLog(Callback):
     """metrics.csv (one row per epoch) and history.json (per-epoch validation confusion matrices)."""
 
     order = 5
+    state_keys = ('confusion',)
 
     def __init__(self, run_dir: Path):
         self.run_dir = run_dir
@@ -114,11 +107,6 @@ class MetricsLog(Callback):
         atomic_write(self.run_dir / "metrics.csv", buf.getvalue())
         atomic_write(self.run_dir / "history.json", json.dumps({"confusion": self.confusion}))
 
-    def state_dict(self) -> dict:
-        return {"confusion": self.confusion}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.confusion = list(state.get("confusion", []))
 
 
 def _fmt(v):
@@ -142,6 +130,7 @@ class PlateauLR(Callback):
     """ReduceLROnPlateau: multiply the peak LR by ``factor`` after ``patience`` epochs without improvement."""
 
     order = 15
+    state_keys = ('best', 'wait')
 
     def __init__(self, monitor: str = "val_loss", factor: float = 0.2, patience: int = 2, min_delta: float = 1e-3):
         self.monitor, self.factor, self.patience, self.min_delta = monitor, factor, patience, min_delta
@@ -158,11 +147,6 @@ class PlateauLR(Callback):
                 L.lr *= self.factor
                 self.wait = 0
 
-    def state_dict(self) -> dict:
-        return {"best": self.best, "wait": self.wait}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.best, self.wait = state.get("best"), state.get("wait", 0)
 
 
 class ProgressiveResize(Callback):

@@ -33,7 +33,6 @@ from .callbacks import NaNGuard
 DEFAULT_TIMEOUT_S = 300
 # Waiting for rank 0 to decode a large data set into the cache can take hours; that one wait uses its own group
 SLOW_TIMEOUT_S = 6 * 3600
-WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DistributedDataParallel, torch.compile
 MIN_RANK_BATCH = 16  # below this per-rank batch, BatchNorm statistics get noisy (no SyncBatchNorm on CPUs)
 
 
@@ -148,16 +147,9 @@ def wrap_model(model: torch.nn.Module, device: torch.device, d: Dist, find_unuse
 
 def plain_state_dict(state: dict) -> dict:
     """A state dict without the DDP / torch.compile wrapper prefixes, loadable into the bare model."""
-    out = {}
-    for key, value in state.items():
-        stripped = True
-        while stripped:
-            stripped = False
-            for prefix in WRAPPER_PREFIXES:
-                if key.startswith(prefix):
-                    key, stripped = key[len(prefix):], True
-        out[key] = value
-    return out
+    from ..models.weights import strip_prefixes
+
+    return {strip_prefixes(key): value for key, value in state.items()}
 
 
 class EpochNaNGuard(NaNGuard):

@@ -31,12 +31,15 @@ class StopTraining(Exception):
 
 class Callback:
     order = 0  # lower runs first at every event
+    state_keys: tuple[str, ...] = ()  # attributes saved in checkpoints/last.pt for a bit-identical resume
 
     def state_dict(self) -> dict:
-        return {}
+        return {k: getattr(self, k) for k in self.state_keys}
 
     def load_state_dict(self, state: dict) -> None:
-        pass
+        for k in self.state_keys:
+            if k in state:
+                setattr(self, k, state[k])
 
 
 @dataclass
