@@ -25,7 +25,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 
 
-def reference(max_epochs: int = 30, patience: int = 2, seed: int = 0) -> dict:
+def reference(max_epochs: int = 30, patience: int = 2, seed: int = 0, device: str = "cpu") -> dict:
     import numpy as np
     import torch
     from PIL import Image
@@ -58,7 +58,7 @@ def reference(max_epochs: int = 30, patience: int = 2, seed: int = 0) -> dict:
     train_set, val_set = random_split(full, [len(full) - n_val, n_val], torch.Generator().manual_seed(seed))
     train_dl = DataLoader(train_set, batch_size=64, shuffle=True)
     val_dl, test_dl = DataLoader(val_set, batch_size=256), DataLoader(test, batch_size=256)
-    model = create_model("seed-mnist-cnn", 10, in_chans=1, img_size=28)
+    model = create_model("seed-mnist-cnn", 10, in_chans=1, img_size=28).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     loss_fn = torch.nn.CrossEntropyLoss()
 
@@ -67,7 +67,7 @@ def reference(max_epochs: int = 30, patience: int = 2, seed: int = 0) -> dict:
         correct = n = 0
         with torch.no_grad():
             for x, y in dl:
-                correct += (model(x).argmax(1) == y).sum().item()
+                correct += (model(x.to(device)).argmax(1).cpu() == y).sum().item()
                 n += len(y)
         return correct / n
 
@@ -76,7 +76,7 @@ def reference(max_epochs: int = 30, patience: int = 2, seed: int = 0) -> dict:
         model.train()
         for x, y in train_dl:
             opt.zero_grad()
-            loss_fn(model(x), y).backward()
+            loss_fn(model(x.to(device)), y.to(device)).backward()
             opt.step()
         epochs += 1
         acc = accuracy(val_dl)

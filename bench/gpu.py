@@ -42,69 +42,13 @@ RECIPES = {
 
 
 def reference(max_epochs: int = 30, patience: int = 2, seed: int = 0) -> dict:
-    import numpy as np
-    import torch
-    from PIL import Image
-    from torch.utils.data import DataLoader, Dataset, random_split
-    from torchvision import transforms
+    """The plain torchvision recipe of bench/fashion.py, on the GPU."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from fashion import reference as plain_recipe
 
-    from picstory.data.sources import resolve
-    from picstory.models import create_model
-
-    device = torch.device("cuda")
-    torch.manual_seed(seed)
-    src = resolve("builtin:fashion-mnist")
-    labels = np.array([int(src.classes.index(r.label)) for r in src.records])
-    is_test = np.array([r.split == "test" for r in src.records])
-
-    class Fashion(Dataset):  # the tutorial way: one PIL image per __getitem__
-        def __init__(self, images, targets):
-            self.images, self.targets = images, targets
-            self.tf = transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.2860,), (0.3530,))])
-
-        def __len__(self):
-            return len(self.targets)
-
-        def __getitem__(self, i):
-            return self.tf(Image.fromarray(self.images[i])), int(self.targets[i])
-
-    full, test = Fashion(src.arrays[~is_test], labels[~is_test]), Fashion(src.arrays[is_test], labels[is_test])
-    n_val = len(full) // 5
-    train_set, val_set = random_split(full, [len(full) - n_val, n_val], torch.Generator().manual_seed(seed))
-    train_dl = DataLoader(train_set, batch_size=64, shuffle=True)
-    val_dl, test_dl = DataLoader(val_set, batch_size=256), DataLoader(test, batch_size=256)
-    model = create_model("seed-mnist-cnn", 10, in_chans=1, img_size=28).to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    loss_fn = torch.nn.CrossEntropyLoss()
-
-    def accuracy(dl):
-        model.eval()
-        correct = n = 0
-        with torch.no_grad():
-            for x, y in dl:
-                correct += (model(x.to(device)).argmax(1).cpu() == y).sum().item()
-                n += len(y)
-        return correct / n
-
-    best, best_state, wait, epochs, start = -1.0, None, 0, 0, time.perf_counter()
-    for _ in range(max_epochs):
-        model.train()
-        for x, y in train_dl:
-            opt.zero_grad()
-            loss_fn(model(x.to(device)), y.to(device)).backward()
-            opt.step()
-        epochs += 1
-        acc = accuracy(val_dl)
-        if acc > best:
-            best, wait, best_state = acc, 0, {k: v.clone() for k, v in model.state_dict().items()}
-        else:
-            wait += 1
-            if wait >= patience:
-                break
-    train_seconds = time.perf_counter() - start
-    model.load_state_dict(best_state)
-    return {"train_seconds": train_seconds, "epochs": epochs, "test_accuracy": accuracy(test_dl),
-            "model": "seed-mnist-cnn"}
+    r = plain_recipe(max_epochs, patience, seed, device="cuda")
+    return {"train_seconds": r["seconds"], "epochs": r["epochs"], "test_accuracy": r["test_accuracy"],
+            "model": r["model"]}
 
 
 def picstory_run(variant: str, out: str, flags: str) -> dict:
