@@ -26,21 +26,34 @@ def _better(monitor: str, value: float, best: float | None, min_delta: float = 0
     return value > best + min_delta
 
 
-class EarlyStopping(Callback):
-    order = 20
-    state_keys = ('best', 'wait')
+class _Patience(Callback):
+    """Counts epochs since ``monitor`` last improved by more than ``min_delta`` (``wait``)."""
 
-    def __init__(self, monitor: str = "val_loss", patience: int = 5, min_delta: float = 0.001):
+    state_keys = ("best", "wait")
+
+    def __init__(self, monitor: str, patience: int, min_delta: float):
         self.monitor, self.patience, self.min_delta = monitor, patience, min_delta
         self.best: float | None = None
         self.wait = 0
 
-    def on_epoch_end(self, L: Learner) -> None:
+    def improved(self, L: Learner) -> bool:
         value = L.metrics[self.monitor]
         if _better(self.monitor, value, self.best, self.min_delta):
             self.best, self.wait = value, 0
-            return
+            return True
         self.wait += 1
+        return False
+
+
+class EarlyStopping(_Patience):
+    order = 20
+
+    def __init__(self, monitor: str = "val_loss", patience: int = 5, min_delta: float = 0.001):
+        super().__init__(monitor, patience, min_delta)
+
+    def on_epoch_end(self, L: Learner) -> None:
+        if self.improved(L):
+            return
         if self.patience and self.wait >= self.patience:
             raise StopTraining(f"early stopping: {self.monitor} did not improve for {self.wait} epochs")
 
@@ -126,26 +139,19 @@ class NaNGuard(Callback):
             raise StopTraining(f"nan loss at epoch {L.epoch}: lower --lr or add warmup")
 
 
-class PlateauLR(Callback):
+class PlateauLR(_Patience):
     """ReduceLROnPlateau: multiply the peak LR by ``factor`` after ``patience`` epochs without improvement."""
 
     order = 15
-    state_keys = ('best', 'wait')
 
     def __init__(self, monitor: str = "val_loss", factor: float = 0.2, patience: int = 2, min_delta: float = 1e-3):
-        self.monitor, self.factor, self.patience, self.min_delta = monitor, factor, patience, min_delta
-        self.best: float | None = None
-        self.wait = 0
+        super().__init__(monitor, patience, min_delta)
+        self.factor = factor
 
     def on_epoch_end(self, L: Learner) -> None:
-        value = L.metrics[self.monitor]
-        if _better(self.monitor, value, self.best, self.min_delta):
-            self.best, self.wait = value, 0
-        else:
-            self.wait += 1
-            if self.wait >= self.patience:
-                L.lr *= self.factor
-                self.wait = 0
+        if not self.improved(L) and self.wait >= self.patience:
+            L.lr *= self.factor
+            self.wait = 0
 
 
 
