@@ -1,0 +1,93 @@
+"""Files: atomic writes, JSON reads, the cache root. Every module that writes a file the user keeps uses these.
+
+A write goes to a temp file in the same directory, is fsynced, then renamed over the target: a reader (or a
+crash) never sees half a file, and the previous version stays intact until the new one is complete.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from .errors import UserError
+
+
+def cache_root() -> Path:
+    """``$PICSTORY_CACHE`` or ``~/.cache/picstory``."""
+    env = os.environ.get("PICSTORY_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "picstory"
+
+
+def _umask() -> int:
+    """The process umask, read without changing it (os.umask can only be read by setting it, which races)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    return 0o022
+
+
+def public_mode(path: Path, is_dir: bool = False) -> None:
+    """Give a file made by mkstemp/mkdtemp (0600/0700) the permissions a plain open()/mkdir() would have."""
+    os.chmod(path, (0o777 if is_dir else 0o666) & ~_umask())
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename inside ``path`` durable."""
+    if os.name != "posix":
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: str | Path, data: bytes | str, *, user_error: bool = True) -> None:
+    """Write ``data`` (text is UTF-8) to ``path`` atomically. An OSError becomes a one-line UserError naming the
+    file (``user_error=False`` keeps the OSError for callers that handle it themselves)."""
+    path = Path(path)
+    if isinstance(data, str):
+        data = data.encode()
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            public_mode(Path(tmp))
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        fsync_dir(path.parent)
+    except OSError as e:
+        if not user_error:
+            raise
+        raise UserError(f"could not write {path}: {e.strerror or e}; the previous file is intact") from None
+
+
+def atomic_torch_save(path: str | Path, obj: dict) -> None:
+    import torch  # heavy: only the writers of checkpoints need it
+
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    atomic_write(path, buf.getvalue())
+
+
+def read_json(path: str | Path, strict: bool = False) -> Any:
+    """The parsed file; a missing or broken file is ``{}`` — or, with ``strict``, a UserError naming it."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        if strict:
+            raise UserError(f"{path}: cannot read ({e}); re-run `picstory eval` or train again") from None
+        return {}
