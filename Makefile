@@ -23,6 +23,7 @@ sysdeps:
 	fi
 
 test: $(STAMP) sysdeps
+	$(VENV)/bin/ruff check src tests bench
 	$(PY) -m pytest -q
 
 demo: $(STAMP) sysdeps

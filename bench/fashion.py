@@ -94,8 +94,8 @@ def reference(max_epochs: int = 30, patience: int = 2, seed: int = 0, device: st
 
 
 def picstory_run(preset: str, out: str, extra: list[str]) -> dict:
-    from picstory.commands import cmd_train  # noqa: F401  (fail early when the package is missing)
     from picstory.cli import main
+    from picstory.commands import cmd_train  # noqa: F401  (fail early when the package is missing)
 
     name = f"bench-{preset}"
     code = main(["train", "builtin:fashion-mnist", "--preset", preset, "--out", out, "--name", name, "--quiet",

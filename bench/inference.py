@@ -27,9 +27,9 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-from picstory.deploy.bundle import save_bundle  # noqa: E402
 from picstory.deploy.export import INPUT_NAME, OUTPUT_NAME, WithSoftmax, export, make_session  # noqa: E402
 from picstory.models import create_model, list_models  # noqa: E402
+from picstory.models.bundle import save_bundle  # noqa: E402
 
 # label → (arch, in_chans, img_size)
 MODELS: dict[str, tuple[str, int, int]] = {

@@ -30,8 +30,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from picstory.config import AugmentConfig  # noqa: E402
-from picstory.data.cache import available_cores, load_images  # noqa: E402
+from picstory.data.cache import load_images  # noqa: E402
 from picstory.data.sources import resolve  # noqa: E402
+from picstory.device import cores as available_cores  # noqa: E402
 
 SOURCES = ("astronaut", "coffee", "chelsea", "rocket", "retina")  # skimage.data photos, one class each
 SETS = {"web": (500, 375), "camera": (3000, 2000)}  # landscape size in px; a quarter are portrait

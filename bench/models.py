@@ -42,7 +42,7 @@ DEFAULT_MODELS = "seed-mnist-cnn,picnet-s,picnet-m,picnet-l"
 HYP = dict(batch_size=256, optimizer="sgd", lr=0.2, weight_decay=5e-4, warmup_frac=0.2, label_smoothing=0.1,
            translate_px=0, seed=0)
 OPT_DEFAULTS = {"sgd": dict(lr=0.2, weight_decay=5e-4), "adamw": dict(lr=1e-2, weight_decay=0.05)}
-# The recommended recipe per time budget on 2 CPU cores (found with the grids; see models/fast.py).
+# The recommended recipe per time budget on 2 CPU cores (found with the grids; see models/picnet.py).
 BUDGETS = {"30s": ("picnet-s", 5, dict(lr=0.4)), "2min": ("picnet-m", 11, dict(lr=0.4)),
            "6min": ("picnet-l", 24, dict(lr=0.2))}
 

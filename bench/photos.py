@@ -51,7 +51,7 @@ def main() -> None:
 
     from picstory.device import cpu_has_fast_bf16, set_threads
     from picstory.models import set_backbone_frozen
-    from picstory.train.run import prepare
+    from picstory.pipeline.training_run import prepare
 
     threads = set_threads()
     root = make_set(args.work / "web", args.n, (500, 375), workers=threads)

@@ -33,8 +33,8 @@ import numpy as np
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-from picstory.deploy.bundle import save_bundle  # noqa: E402
 from picstory.models import create_model  # noqa: E402
+from picstory.models.bundle import save_bundle  # noqa: E402
 
 FASHION = Path("/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz")
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+
 from test_serve import CLASSES, make_run, running_server
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"

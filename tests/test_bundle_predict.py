@@ -16,11 +16,11 @@ from PIL import Image
 from picstory.data.batches import normalize
 from picstory.data.cache import fit_image
 from picstory.data.decode import decode_image
-from picstory.deploy import bundle as bundle_mod
-from picstory.deploy.bundle import find_bundle, load_bundle, save_bundle
 from picstory.deploy.predict import Predictor, expand_inputs, format_predictions, load, preprocess
 from picstory.errors import UserError
+from picstory.models import bundle as bundle_mod
 from picstory.models import create_model
+from picstory.models.bundle import find_bundle, load_bundle, save_bundle
 
 torch.set_num_threads(1)
 CLASSES = ["ant", "bee", "cat"]

@@ -6,13 +6,13 @@ import threading
 
 import numpy as np
 import pytest
-from imagegen import class_folders, jpeg_bytes, noise, save, snapshot
 from PIL import Image
 
+from imagegen import class_folders, jpeg_bytes, noise, save, snapshot
 from picstory.data import cache
-from picstory.data.cache import (CachedImages, cache_root, detect_channels, fit_image, load_images,
-                                 prepare_image)
+from picstory.data.cache import CachedImages, detect_channels, fit_image, load_images, prepare_image
 from picstory.data.sources import Record, Source, resolve
+from picstory.files import cache_root
 
 
 @pytest.fixture

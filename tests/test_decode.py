@@ -7,10 +7,9 @@ import warnings
 
 import numpy as np
 import pytest
-from imagegen import (flip_png_crc, half_white, jpeg_bytes, noise, png_bytes, png_header_only, save,
-                      with_orientation)
 from PIL import Image, ImageFile
 
+from imagegen import flip_png_crc, half_white, jpeg_bytes, noise, png_bytes, png_header_only, save, with_orientation
 from picstory.data.decode import DecodeError, ImageInfo, decode_image, is_gray_mode, probe
 
 

@@ -22,8 +22,8 @@ import picstory
 from picstory import launch
 from picstory.data.batches import BatchIterator
 from picstory.errors import UserError
-from picstory.train.distributed import Dist, EpochNaNGuard, eval_shard, local_batch_size, plain_state_dict
-from picstory.train.engine import Learner, StopTraining
+from picstory.training.distributed import Dist, EpochNaNGuard, eval_shard, local_batch_size, plain_state_dict
+from picstory.training.engine import Learner, StopTraining
 
 torch.set_num_threads(1)
 # --min-delta 10: no epoch "improves" after the first, so early stopping ends both runs after epoch 2 of 3
@@ -118,7 +118,7 @@ def test_launch_refuses_or_warns(monkeypatch, capsys):
     with pytest.raises(UserError, match="under torchrun"):
         launch.check_nproc(2, "cpu")
     monkeypatch.delenv("WORLD_SIZE")
-    launch.check_nproc(launch._cores() + 1, "cpu")  # oversubscribed: slower, still correct
+    launch.check_nproc(launch.cores() + 1, "cpu")  # oversubscribed: slower, still correct
     assert "more than the" in capsys.readouterr().err
 
 
@@ -159,7 +159,7 @@ FAILING_RANK = textwrap.dedent("""
     import torch
     from types import SimpleNamespace
     from picstory.errors import UserError
-    from picstory.train.distributed import barrier, check_same_data, setup
+    from picstory.training.distributed import barrier, check_same_data, setup
 
     d = setup(torch.device("cpu"))
     rec = SimpleNamespace(ref=f"img-{d.rank}.png", label="a", split=None)

@@ -11,11 +11,11 @@ import torch
 from PIL import Image
 
 from picstory.deploy import export as export_mod
-from picstory.deploy.bundle import load_bundle, save_bundle
 from picstory.deploy.export import export, parity_batch
 from picstory.deploy.predict import load
 from picstory.errors import UserError
 from picstory.models import create_model
+from picstory.models.bundle import load_bundle, save_bundle
 
 pytest.importorskip("onnxruntime")
 torch.set_num_threads(1)

@@ -13,8 +13,9 @@ import torch
 import yaml
 
 import picstory
-from picstory.compare.lr_find import lr_find, lr_schedule, steepest, suggest, suggest_lr, valley
-from picstory.train.run import prepare
+from picstory.pipeline.lr_find_run import lr_find
+from picstory.pipeline.training_run import prepare
+from picstory.training.lr_find import lr_schedule, steepest, suggest, suggest_lr, valley
 
 DIGITS = dict(model="seed-mnist-cnn", batch_size=32)
 

@@ -7,9 +7,19 @@ import torch
 from torch import nn
 
 from picstory.errors import ConfigError
-from picstory.models import (adapt_first_conv, backbone_parameters, count_flops, create_model, default_model,
-                             has_pretrained, head_parameters, imagenet_classes, list_models, load_weights,
-                             set_backbone_frozen)
+from picstory.models import (
+    adapt_first_conv,
+    backbone_parameters,
+    count_flops,
+    create_model,
+    default_model,
+    has_pretrained,
+    head_parameters,
+    imagenet_classes,
+    list_models,
+    load_weights,
+    set_backbone_frozen,
+)
 from picstory.models.registry import picstory_names
 
 torch.set_num_threads(2)

@@ -10,14 +10,14 @@ import time
 from pathlib import Path
 
 import pytest
-from imagegen import noise, png_bytes
 from PIL import Image
-from test_serve import CLASSES, make_run
 
-from picstory.deploy.bundle import read_meta
+from imagegen import noise, png_bytes
+from picstory.deploy.log import Entry, InputStore, PredictionLog, default_log_path, read_rows
 from picstory.errors import UserError
-from picstory.monitor.log import Entry, InputStore, PredictionLog, default_log_path, read_rows
+from picstory.models.bundle import read_meta
 from picstory.monitor.report import copy_for_relabel, drift_level, monitor, psi
+from test_serve import CLASSES, make_run
 
 HOUR = 3600.0
 

@@ -4,7 +4,7 @@ import pytest
 import yaml
 
 import picstory
-from picstory.train.presets import SMALL, fit_batch_size
+from picstory.training.presets import SMALL, fit_batch_size
 
 
 @pytest.mark.parametrize("preset", ["fast", "default", "best"])

@@ -15,7 +15,7 @@ import yaml
 from PIL import Image
 
 from picstory.config import Config
-from picstory.evaluate.report import write_report
+from picstory.pages.run_report import write_report
 
 NASTY = "<b>&x"  # a class name that breaks HTML unless escaped
 

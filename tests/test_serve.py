@@ -20,13 +20,13 @@ from pathlib import Path
 import httpx
 import pytest
 from fastapi.testclient import TestClient
-from imagegen import jpeg_bytes, noise, png_bytes, png_header_only
 from PIL import Image
 
-from picstory.deploy.bundle import save_bundle
+from imagegen import jpeg_bytes, noise, png_bytes, png_header_only
 from picstory.deploy.predict import load
 from picstory.deploy.serve import create_app
 from picstory.models import create_model
+from picstory.models.bundle import save_bundle
 
 CLASSES = ["ant", "bee", "cat"]
 

@@ -13,7 +13,7 @@ from picstory.compare.sweep import make_cells, parse_grid, sweep, validate_grid
 from picstory.compare.table import format_runs
 from picstory.errors import ConfigError, UserError
 from picstory.runs import list_runs
-from picstory.train.engine import Callback
+from picstory.training.engine import Callback
 
 CELL = dict(model="seed-mnist-cnn", epochs=1, batch_size=32, progress=False)
 GRID = ["optimizer=adam,sgd", "lr=1e-2,1e-3"]

@@ -9,10 +9,9 @@ import pytest
 import torch
 
 import picstory
-from picstory.errors import ConfigError, DataError, UserError
-from picstory.train.engine import Callback
-
 from conftest import make_folder
+from picstory.errors import ConfigError, DataError, UserError
+from picstory.training.engine import Callback
 
 FAST = dict(model="seed-mnist-cnn", epochs=2, batch_size=16, img_size=20, progress=False)
 

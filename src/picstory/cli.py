@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from . import commands
 from . import config as C
 from .errors import UserError
 
@@ -32,10 +33,6 @@ def _metavar(key: str, choices) -> str:
     if choices:
         return "{" + ",".join(choices) + "}"
     return {int: "N", float: "X"}.get(C.field_python_type(key), "VALUE")
-
-
-def _overrides(args: argparse.Namespace) -> dict:
-    return {k: getattr(args, k) for k in C.FIELDS if k != "data" and getattr(args, k, None) is not None}
 
 
 class Parser(argparse.ArgumentParser):
@@ -174,8 +171,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run_command(args: argparse.Namespace, argv: list[str]) -> int | None:
-    from . import commands
-
     return getattr(commands, "cmd_" + args.command.replace("-", "_"))(args, argv)
 
 

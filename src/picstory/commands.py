@@ -7,7 +7,7 @@ import json
 import shlex
 from pathlib import Path
 
-from .cli import _overrides
+from .config import overrides_from as _overrides
 from .errors import UserError
 
 
@@ -21,7 +21,8 @@ def cmd_data(args: argparse.Namespace, argv: list[str]) -> int:
         from .data.sources import resolve
 
         counts = export_folder(resolve(args.data), args.out)
-        print(f"wrote {sum(counts.values())} PNG files to {args.out} ({', '.join(f'{k}: {v}' for k, v in counts.items())})")
+        split_counts = ", ".join(f"{k}: {v}" for k, v in counts.items())
+        print(f"wrote {sum(counts.values())} PNG files to {args.out} ({split_counts})")
         return 0
     from .data.audit import check
     from .runs import slug
@@ -43,7 +44,7 @@ def cmd_train(args: argparse.Namespace, argv: list[str]) -> int:
         from .launch import launch
 
         return launch(args.nproc, argv, device=args.device or "auto")
-    from .train.run import train
+    from .pipeline.training_run import train
 
     run = train(args.data, config=args.config, resume=args.resume, progress=not args.quiet,
                 command=_cmdline(argv), **_overrides(args))
@@ -58,7 +59,7 @@ def cmd_train(args: argparse.Namespace, argv: list[str]) -> int:
 
 
 def cmd_eval(args: argparse.Namespace, argv: list[str]) -> int:
-    from .evaluate.api import evaluate_run
+    from .pipeline.evaluation_run import evaluate_run
 
     r = evaluate_run(args.run, data=args.data, tta=args.tta)
     if not r:
@@ -81,7 +82,7 @@ def cmd_predict(args: argparse.Namespace, argv: list[str]) -> int:
 
 def cmd_export(args: argparse.Namespace, argv: list[str]) -> int:
     from .deploy.export import export
-    from .evaluate.api import test_images
+    from .pipeline.evaluation_run import test_images
     from .runs import find_run
 
     run = find_run(args.run)
@@ -113,7 +114,7 @@ def cmd_sweep(args: argparse.Namespace, argv: list[str]) -> int:
 
 
 def cmd_lr_find(args: argparse.Namespace, argv: list[str]) -> int:
-    from .compare.lr_find import lr_find
+    from .pipeline.lr_find_run import lr_find
 
     r = lr_find(args.data, **_overrides(args))
     print(f"suggested lr: {r['suggested_lr']:.2e}   plot: {r.get('plot', '')}")

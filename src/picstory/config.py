@@ -258,3 +258,8 @@ def field_python_type(key: str) -> type:
 
 __all__ = ["Config", "DataConfig", "ModelConfig", "AugmentConfig", "TrainConfig", "EvalConfig", "RunConfig",
            "from_dict", "load_yaml", "dump_yaml", "coerce", "get", "FIELDS", "suggest"]
+
+
+def overrides_from(args: Any) -> dict:
+    """The config keys a parsed command line set (flags default to None, so only what the user typed counts)."""
+    return {k: getattr(args, k) for k in FIELDS if k != "data" and getattr(args, k, None) is not None}

@@ -5,13 +5,25 @@ from __future__ import annotations
 import functools
 import os
 import time
-
-import torch
+from typing import TYPE_CHECKING
 
 from .errors import UserError
 
+if TYPE_CHECKING:
+    import torch
+
+
+def cores() -> int:
+    """Cores this process may run on (taskset, containers), not the machine's count."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
 
 def pick_device(name: str = "auto") -> torch.device:
+    import torch
+
     if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
         if not torch.cuda.is_available():
             raise UserError("--device cuda: no CUDA GPU is visible to torch; use --device cpu (or auto)")
@@ -33,6 +45,8 @@ def cpu_has_fast_bf16() -> bool:
 
 def pick_precision(name: str, device: torch.device, cpu_bf16_pays: bool = True) -> torch.dtype | None:
     """The autocast dtype, or None for fp32."""
+    import torch
+
     if name == "fp32":
         return None
     if name == "fp16":
@@ -53,6 +67,8 @@ def probe_bf16(model: torch.nn.Module, x: torch.Tensor, min_gain: float = 1.15) 
     least ``min_gain`` faster. Native bf16 pays for dense convolutions and matmuls but can lose on depthwise
     convolutions (EfficientNet), so the choice is measured per model. Eval mode keeps BatchNorm statistics
     untouched and no optimizer step runs, so the probe leaves the model as it was."""
+    import torch
+
     was_training = model.training
     model.eval()
     x = x[:32]
@@ -76,8 +92,9 @@ def remembered_bf16_choice(arch: str, model: torch.nn.Module, x: torch.Tensor) -
     import json
     import platform
 
-    from .data.cache import cache_root
-    from .train.checkpoint import atomic_write
+    import torch
+
+    from .files import atomic_write, cache_root
 
     key = f"{arch}|{tuple(x.shape[1:])}|{min(len(x), 32)}|{platform.processor() or platform.machine()}|" \
           f"{torch.__version__}|{torch.get_num_threads()}"
@@ -95,8 +112,9 @@ def remembered_bf16_choice(arch: str, model: torch.nn.Module, x: torch.Tensor) -
 
 def set_threads(threads: int = 0) -> int:
     """``threads`` or all cores of this process, shared among the local ranks under torchrun."""
+    import torch
+
     if not threads:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        threads = max(1, cores // int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
+        threads = max(1, cores() // int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
     torch.set_num_threads(threads)
     return threads

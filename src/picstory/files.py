@@ -49,6 +49,14 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def write_durable(path: Path, data: bytes) -> None:
+    """Write and fsync a file inside a temporary directory that is renamed into place as a whole."""
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
 def atomic_write(path: str | Path, data: bytes | str, *, user_error: bool = True) -> None:
     """Write ``data`` (text is UTF-8) to ``path`` atomically. An OSError becomes a one-line UserError naming the
     file (``user_error=False`` keeps the OSError for callers that handle it themselves)."""

@@ -11,11 +11,8 @@ import os
 import subprocess
 import sys
 
+from .device import cores
 from .errors import UserError
-
-
-def _cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def strip_nproc(argv: list[str]) -> list[str]:
@@ -52,9 +49,9 @@ def check_nproc(nproc: int, device: str = "auto") -> None:
     if gpus and nproc > gpus:
         raise UserError(f"--nproc {nproc} but {gpus} GPU(s) visible: one process per GPU (--nproc {gpus}), "
                         "or --device cpu")
-    if not gpus and nproc > _cores():
+    if not gpus and nproc > cores():
         # more processes than cores still trains correctly (each gets one thread), only slower: a warning
-        print(f"warning: --nproc {nproc} is more than the {_cores()} CPU cores here; each process gets one thread "
+        print(f"warning: --nproc {nproc} is more than the {cores()} CPU cores here; each process gets one thread "
               "and the run will be slower than with fewer processes", file=sys.stderr)
 
 
@@ -63,7 +60,7 @@ def launch(nproc: int, argv: list[str], device: str = "auto") -> int:
     check_nproc(nproc, device)
     env = dict(os.environ)
     # torchrun would set 1 and print a banner about it; the training sets its own thread count per process
-    env.setdefault("OMP_NUM_THREADS", str(max(1, _cores() // nproc)))
+    env.setdefault("OMP_NUM_THREADS", str(max(1, cores() // nproc)))
     try:
         code = subprocess.call(torchrun_command(nproc, argv), env=env)
     except KeyboardInterrupt:  # the processes got the same Ctrl-C; their own handlers report it

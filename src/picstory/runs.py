@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from pathlib import Path
 
 from .errors import UserError
+from .files import read_json
 
 
 def slug(text: str) -> str:
@@ -48,13 +48,6 @@ def find_run(run: str | Path) -> Path:
     if not (path / "config.yaml").is_file() and not (path / "model" / "model.json").is_file():
         raise UserError(f"{path} is not a picstory run directory (no config.yaml or model/model.json)")
     return path
-
-
-def read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
 
 
 def list_runs(root: str | Path = "runs") -> list[dict]:

@@ -13,11 +13,21 @@ import math
 import signal
 import subprocess
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
 from ..errors import UserError
-from ..runs import read_json
+from ..files import read_json
+
+
+@dataclass(frozen=True)
+class Cell:
+    name: str
+    labels: dict = field(hash=False)  # axis → the value as written (names, tables)
+    values: dict = field(hash=False)  # axis → the value as the config holds it
+    seed: int | None = None  # set when repeats > 1
+    group: str = ""  # the name without the seed: repeats of one setting share it
 
 
 def inspect_cell(cell_dir: Path) -> tuple[str, dict]:
@@ -67,7 +77,7 @@ def _float(v: Any) -> float:
 
 def train_cell(task: dict, callbacks: list | None = None) -> dict:
     """Train (or resume) one cell; never raises for a cell's own failure. Runs in this process or a worker."""
-    from ..train.run import train
+    from ..pipeline.training_run import train
 
     try:
         if task["resume"]:

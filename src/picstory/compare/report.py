@@ -17,8 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .cells import inspect_cell, outcome, read_metrics
-from .sweep import Cell
+from .cells import Cell, inspect_cell, outcome, read_metrics
 from .table import cell_text, render
 
 METRICS = ["best_val_acc", "test_acc", "best_epoch", "epochs_run", "seconds"]  # epochs_run: "epochs" may be an axis
@@ -112,8 +111,8 @@ def _markdown(rows: list[dict], columns: list[str]) -> str:
 
 
 def _figures(path: Path, cells: list[Cell], rows: list[dict], axes: dict, best: str | None) -> dict[str, bytes]:
-    from ..evaluate.plots import figure_png
-    from .plots import curves_figure, heatmap_figure
+    from ..pages.figures import figure_png
+    from ..pages.sweep_figures import curves_figure, heatmap_figure
 
     series = [{"group": c.group, "labels": c.labels, "metrics": read_metrics(path / c.name)} for c in cells]
     pngs = {"curves": figure_png(curves_figure(series, best))}
@@ -136,7 +135,7 @@ def _figures(path: Path, cells: list[Cell], rows: list[dict], axes: dict, best: 
 
 
 def write_comparison(path: Path, cells: list[Cell], record: dict, repeats: int) -> dict:
-    from ..train.checkpoint import atomic_write
+    from ..files import atomic_write
 
     axes = {k: list(v) for k, v in record["grid"].items()}
     rows = cell_rows(path, cells, record, repeats)

@@ -12,34 +12,26 @@ import datetime
 import hashlib
 import itertools
 import json
-import os
 import re
 import shutil
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from .. import config as C
+from ..device import cores
 from ..errors import ConfigError, UserError
-from ..runs import read_json, slug
-from .cells import inspect_cell, run_all
+from ..files import read_json
+from ..runs import slug
+from . import report
+from .cells import Cell, inspect_cell, run_all
 
 # keys that define where and on what a sweep runs, not what it compares
 NOT_AN_AXIS = {"data": "a sweep compares settings on one data set; run one sweep per DATA",
                "out": "the sweep folder is set with --out", "name": "the sweep is named with --name"}
 IGNORED_IN_IDENTITY = ("threads",)  # how a cell is run, not what it computes
-
-
-@dataclass(frozen=True)
-class Cell:
-    name: str
-    labels: dict = field(hash=False)  # axis → the value as written (names, tables)
-    values: dict = field(hash=False)  # axis → the value as the config holds it
-    seed: int | None = None  # set when repeats > 1
-    group: str = ""  # the name without the seed: repeats of one setting share it
 
 
 def parse_grid(grid: Any) -> dict[str, list]:
@@ -183,13 +175,9 @@ def _open_sweep_dir(path: Path, identity: dict) -> dict:
 
 
 def _write_record(path: Path, record: dict) -> None:
-    from ..train.checkpoint import atomic_write
+    from ..files import atomic_write
 
     atomic_write(path / "sweep.json", json.dumps(record, indent=1))
-
-
-def _cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def sweep(data: str, grid: Any, repeats: int = 1, jobs: int = 1, name: str = "", out: str = "runs",
@@ -200,7 +188,6 @@ def sweep(data: str, grid: Any, repeats: int = 1, jobs: int = 1, name: str = "",
     in this process (jobs 1 only). One job is the default: a child process costs ~4 s of CPU to start, more than
     parallel small cells gain on 2 cores (6 digits cells: 15–33 s with 1 job, 23–40 s with 2)."""
     from ..data import sources
-    from . import report
 
     overrides = {k: C.coerce(k, v) for k, v in train_overrides.items() if v is not None}
     axes = validate_grid(parse_grid(grid), overrides, repeats)
@@ -227,7 +214,7 @@ def sweep(data: str, grid: Any, repeats: int = 1, jobs: int = 1, name: str = "",
         tasks.append({"cell": cell.name, "data": data, "out": str(path), "name": cell.name, "command": command,
                       "overrides": cell_overrides, "resume": str(path / cell.name) if state == "resume" else None})
     jobs = max(1, min(jobs, len(tasks)))
-    threads = int(overrides.get("threads") or max(1, _cores() // jobs))
+    threads = int(overrides.get("threads") or max(1, cores() // jobs))
     if jobs > 1 and "threads" not in overrides:  # cells at once share the cores instead of fighting over them
         for task in tasks:
             task["overrides"]["threads"] = threads

@@ -8,7 +8,9 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError
-from .sources import Record, Source, _find_idx, _from_idx
+from .idx import find_idx, from_idx
+from .records import Record, Source
+from .split import assign_splits
 
 FASHION_CLASSES = ["T-shirt-top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
                    "Ankle boot"]
@@ -20,7 +22,7 @@ def fashion_mnist_dir() -> Path | None:
     env = os.environ.get("PICSTORY_DATA")
     candidates = ([Path(env) / "fashion-mnist", Path(env)] if env else []) + [Path(d) for d in FASHION_DIRS]
     for d in candidates:
-        if d.is_dir() and _find_idx(d):
+        if d.is_dir() and find_idx(d):
             return d
     return None
 
@@ -33,7 +35,7 @@ def load_builtin(name: str) -> Source:
             raise DataError("builtin:fashion-mnist: IDX files not found; install them with "
                             "`apt-get install dataset-fashion-mnist`, or put the four *-ubyte.gz files in a folder "
                             "and set PICSTORY_DATA to it")
-        src = _from_idx(d, _find_idx(d), class_names=FASHION_CLASSES, spec="builtin:fashion-mnist")
+        src = from_idx(d, find_idx(d), class_names=FASHION_CLASSES, spec="builtin:fashion-mnist")
         return src
     if name == "digits":
         from sklearn.datasets import load_digits
@@ -52,8 +54,6 @@ def export_folder(source: Source, out: str | Path, test_fraction: float = 0.2, s
     The data set's own split is kept; without one a stratified test share is drawn from ``seed``.
     """
     from PIL import Image
-
-    from .split import assign_splits
 
     if not source.in_memory:
         raise DataError(f"{source.spec}: export writes built-in or IDX data sets; this one is already files")

@@ -31,6 +31,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ..device import cores
+from ..files import atomic_write, cache_root
 from .decode import DECODER_VERSION, MAX_PIXELS, DecodeError, decode_pil, is_gray_mode, probe
 
 FITS = ("crop", "pad", "stretch")
@@ -40,12 +42,6 @@ FITS = ("crop", "pad", "stretch")
 # indistinguishable from a full resample: 8.4 instead of 13.5 ms for an undrafted 3000×2000 → 224 px.
 RESAMPLE = Image.Resampling.BILINEAR
 REDUCING_GAP = 3.0
-
-
-def cache_root() -> Path:
-    """``$PICSTORY_CACHE`` or ``~/.cache/picstory``."""
-    env = os.environ.get("PICSTORY_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "picstory"
 
 
 # ---- the one resize --------------------------------------------------------------------------------------------
@@ -150,7 +146,7 @@ def load_images(source, indices: Sequence[int], size: int, channels: int, fit: s
 def _build(store: "_Store", memo: "_Fingerprints", paths: list[str], stats: list, keys: list[str | None],
            size: int, channels: int, fit: str, workers: int, progress: bool) -> tuple[np.ndarray, dict[int, str]]:
     """Assemble a new view: copy rows of known content, decode the rest in parallel, publish atomically."""
-    workers = workers or available_cores()
+    workers = workers or cores()
     index = store.index()
     if index:  # content we have not fingerprinted may still be cached under another path or list
         todo = [r for r, k in enumerate(keys) if k is None]
@@ -183,14 +179,6 @@ def _build(store: "_Store", memo: "_Fingerprints", paths: list[str], stats: list
     memo.update(paths, stats, keys)
     store.collect(name)
     return store.open(name) or (rows, bad)
-
-
-def available_cores() -> int:
-    """Cores this process may run on (taskset, containers), not the machine's count."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS, Windows
-        return os.cpu_count() or 1
 
 
 def _decode_row(job: tuple[str, int, int, str]) -> tuple[str, np.ndarray | None, str]:
@@ -332,7 +320,7 @@ class _Store:
         os.replace(tmp, self.path / f"{name}.u8")
         meta = {"decoder": DECODER_VERSION, "shape": list(self.row_shape), "keys": keys, "paths": paths,
                 "bad": {str(r): reason for r, reason in sorted(bad.items())}}
-        _atomic_write(self.path / f"{name}.json", json.dumps(meta).encode())
+        atomic_write(self.path / f"{name}.json", json.dumps(meta).encode(), user_error=False)
 
     def collect(self, keep: str) -> None:
         """Remove views the new one supersedes: each row's content is in it, its path was edited, or it is gone."""
@@ -351,15 +339,6 @@ class _Store:
             with suppress(OSError):
                 if time.time() - tmp.stat().st_mtime > 86400:
                     tmp.unlink()
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}-{os.urandom(4).hex()}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 class _Fingerprints:

@@ -1,98 +1,25 @@
-"""DATA spec → records. One resolver behind every command.
-
-A record is one image: a file path (folders, file-name labels, CSV) or an index into an in-memory uint8 array
-(IDX files, built-in sets), with its label and the split the data itself declares (or None).
-"""
+"""DATA spec → records. One resolver behind every command: class folders, file-name labels, CSV, IDX, built-in."""
 
 from __future__ import annotations
 
 import csv
-import gzip
-import hashlib
 import os
 import re
-import struct
-from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
 from ..errors import DataError
+from .builtin import load_builtin
+from .idx import find_idx, from_idx, read_idx  # noqa: F401  (read_idx: part of this module's public face)
+from .records import IGNORED_NAMES, IMAGE_EXTS, SPLIT_NAMES, Record, Source  # noqa: F401
 
-IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
-IGNORED_NAMES = {".ds_store", "thumbs.db", "desktop.ini", "__macosx"}
-SPLIT_NAMES = {"train": "train", "training": "train", "training_set": "train", "trainset": "train",
-               "val": "val", "valid": "val", "validation": "val", "dev": "val",
-               "test": "test", "testing": "test", "test_set": "test", "testset": "test"}
 PATH_COLS = ("path", "filepath", "file_path", "image_path", "file", "filename", "image", "img", "image_id", "id")
 LABEL_COLS = ("label", "class", "category", "target", "class_name", "y", "labels")
-
-
-@dataclass(frozen=True)
-class Record:
-    ref: str  # absolute file path, or the decimal index into Source.arrays
-    label: str
-    split: str | None = None  # train | val | test, when the data declares it
-
-
-@dataclass
-class Source:
-    spec: str
-    kind: str  # folder | filenames | csv | idx | builtin
-    records: list[Record]
-    root: Path | None = None
-    arrays: np.ndarray | None = None  # N×H×W[×C] uint8 for idx / builtin
-    problems: list[tuple[str, str]] = field(default_factory=list)  # (path, reason): missing, unlabelled
-    ignored: int = 0  # non-image files skipped (hidden, .DS_Store, other extensions)
-
-    @property
-    def classes(self) -> list[str]:
-        labels = {r.label for r in self.records}
-        # numeric labels (IDX files, CSVs of digits) sort by value so that "10" follows "9"
-        return sorted(labels, key=lambda c: (0, int(c), "") if c.isdigit() else (1, 0, c))
-
-    @property
-    def in_memory(self) -> bool:
-        return self.arrays is not None
-
-    def class_counts(self) -> dict[str, int]:
-        counts = {c: 0 for c in self.classes}
-        for r in self.records:
-            counts[r.label] += 1
-        return counts
-
-    def display_path(self, rec: Record) -> str:
-        if self.in_memory:
-            return f"{self.spec}[{rec.ref}]"
-        if self.root is not None:
-            try:
-                return os.path.relpath(rec.ref, self.root)
-            except ValueError:
-                pass
-        return rec.ref
-
-    def fingerprint(self) -> str:
-        """Cheap identity of the data set: names, sizes and mtimes (content hashes live in the cache)."""
-        h = hashlib.sha256(self.spec.encode())
-        if self.in_memory:
-            h.update(hashlib.sha256(np.ascontiguousarray(self.arrays).data).digest())
-        for r in self.records:
-            h.update(f"{r.ref}\0{r.label}\0{r.split}\0".encode())
-            if not self.in_memory:
-                try:
-                    st = os.stat(r.ref)
-                    h.update(f"{st.st_size}:{st.st_mtime_ns}".encode())
-                except OSError:
-                    pass
-        return h.hexdigest()[:16]
 
 
 def resolve(spec: str, path_col: str = "", label_col: str = "") -> Source:
     """Turn a DATA spec (see DESIGN.md) into a Source; raises DataError naming the spec and what to do."""
     spec = str(spec)
     if spec.startswith("builtin:"):
-        from .builtin import load_builtin
-
         return load_builtin(spec.split(":", 1)[1])
     path = Path(spec).expanduser()
     if not path.exists():
@@ -104,9 +31,9 @@ def resolve(spec: str, path_col: str = "", label_col: str = "") -> Source:
         raise DataError(f"{spec}: a single file is not a data set; give a folder or a CSV with path and label "
                         "columns")
     path = path.resolve()
-    idx = _find_idx(path)
+    idx = find_idx(path)
     if idx:
-        return _from_idx(path, idx)
+        return from_idx(path, idx)
     return _from_folder(path)
 
 
@@ -245,7 +172,8 @@ def _from_csv(path: Path, path_col: str, label_col: str) -> Source:
         split = SPLIT_NAMES.get((row.get(scol) or "").strip().lower()) if scol else None
         records.append(Record(str(file), label, split))
     if not records:
-        raise DataError(f"{path}: no usable rows ({len(problems)} problems, e.g. {problems[0][1] if problems else 'empty file'})")
+        example = problems[0][1] if problems else "empty file"
+        raise DataError(f"{path}: no usable rows ({len(problems)} problems, e.g. {example})")
     return Source(spec=str(path), kind="csv", records=records, root=path.parent.resolve(), problems=problems)
 
 
@@ -260,53 +188,3 @@ def _pick_column(path: Path, columns: list[str], chosen: str, candidates: tuple,
             return lower[name]
     raise DataError(f"{path}: cannot find the {what} column among {', '.join(columns) or 'no columns'}; "
                     f"name it with {flag}")
-
-
-# ---- IDX (MNIST-style) files -------------------------------------------------------------------------------------
-
-_IDX_IMAGES = re.compile(r"^(?P<prefix>.*?)[-_.]?images?[-_.]idx3[-_.]ubyte(\.gz)?$", re.I)
-
-
-def _find_idx(root: Path) -> list[tuple[Path, Path, str | None]]:
-    """(images file, labels file, split) pairs in a folder of IDX files."""
-    found = []
-    for p in sorted(root.iterdir()):
-        m = _IDX_IMAGES.match(p.name)
-        if not m:
-            continue
-        labels = [q for q in root.iterdir() if q.name.startswith(m.group("prefix")) and "idx1" in q.name]
-        if not labels:
-            raise DataError(f"{p}: no matching labels file ({m.group('prefix')}-labels-idx1-ubyte[.gz])")
-        prefix = m.group("prefix").lower()
-        split = "test" if prefix.startswith(("t10k", "test")) else "train" if prefix.startswith("train") else None
-        found.append((p, sorted(labels)[0], split))
-    return found
-
-
-def read_idx(path: Path) -> np.ndarray:
-    opener = gzip.open if path.name.endswith(".gz") else open
-    try:
-        with opener(path, "rb") as f:
-            data = f.read()
-        zero, dtype, ndim = struct.unpack(">HBB", data[:4])
-        if zero != 0 or dtype != 0x08:
-            raise ValueError("not an unsigned-byte IDX file")
-        shape = struct.unpack(f">{ndim}I", data[4:4 + 4 * ndim])
-        arr = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
-        return arr[: int(np.prod(shape))].reshape(shape)
-    except (OSError, EOFError, ValueError, struct.error) as e:
-        raise DataError(f"{path}: not a readable IDX file ({e})") from None
-
-
-def _from_idx(root: Path, pairs, class_names: list[str] | None = None, spec: str | None = None) -> Source:
-    arrays, records = [], []
-    offset = 0
-    for images_path, labels_path, split in pairs:
-        images, labels = read_idx(images_path), read_idx(labels_path)
-        if len(images) != len(labels):
-            raise DataError(f"{images_path}: {len(images)} images but {len(labels)} labels in {labels_path.name}")
-        arrays.append(images)
-        names = class_names or [str(i) for i in range(int(labels.max()) + 1)]
-        records += [Record(str(offset + i), names[int(y)], split) for i, y in enumerate(labels)]
-        offset += len(images)
-    return Source(spec=spec or str(root), kind="idx", records=records, root=root, arrays=np.concatenate(arrays))

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError
-from .sources import Record, Source
+from .records import Record, Source
 
 
 def assign_splits(records: list[Record], val_fraction: float = 0.1, test_fraction: float = 0.1,

@@ -7,7 +7,7 @@
     from picstory.deploy.export import export  # export(run, "onnx") → model.onnx + parity figures
 """
 
-from .bundle import BUNDLE_FORMAT, find_bundle, load_bundle, save_bundle
+from ..models.bundle import BUNDLE_FORMAT, find_bundle, load_bundle, save_bundle
 from .predict import Predictor, expand_inputs, format_predictions, load, preprocess
 
 __all__ = ["BUNDLE_FORMAT", "Predictor", "expand_inputs", "find_bundle", "format_predictions", "load",

@@ -2,7 +2,7 @@
 
 Contract of an exported file (also written to ``model.json`` under ``exports``):
 - input ``input``: float32 N×C×H×W, already normalised — ``(uint8 / 255 - mean) / std`` of the pixels that
-  :func:`picstory.deploy.predict.preprocess` produces;
+  :func:`picstory.deploy.preprocess.preprocess` produces;
 - output ``probabilities``: float32 N×K softmax probabilities (the softmax is part of the exported graph).
 
 ONNX uses torch's TorchScript-based exporter (``dynamo=False``): it needs no extra packages (the dynamo exporter
@@ -31,7 +31,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import UserError
-from .bundle import find_bundle, fsync_dir, load_bundle, public_mode, read_meta, update_meta
+from ..files import fsync_dir, public_mode
+from ..models.bundle import find_bundle, load_bundle, read_meta, update_meta
+from .preprocess import preprocess
 
 FORMATS = {"onnx": "model.onnx", "torchscript": "model.torchscript.pt"}
 PARITY_ATOL = 1e-4
@@ -142,8 +144,6 @@ def _given_images(images: Sequence | torch.Tensor | None, meta: dict) -> torch.T
         if images.dtype != torch.uint8 or tuple(images.shape[1:]) != (c, s, s):
             raise ValueError(f"parity images must be uint8 N×{c}×{s}×{s}, got {images.dtype} {tuple(images.shape)}")
         return images
-    from .predict import preprocess
-
     return torch.stack([preprocess(src, meta) for src in images])
 
 
@@ -151,7 +151,7 @@ def check_parity(model: nn.Module, meta: dict, path: Path, fmt: str, images: tor
                  dynamic_batch: bool = True) -> dict:
     """Compare the torch model with the exported file on ``images`` (uint8 N×C×H×W)."""
     from ..data.batches import normalize
-    from ..evaluate.tta import predict_proba
+    from ..evaluation.tta import predict_proba
 
     x = normalize(images, tuple(meta["mean"]), tuple(meta["std"])).float()
     ref = predict_proba(model, x, "none").numpy()

@@ -28,46 +28,14 @@ import torch
 from PIL import Image
 
 from ..data.batches import normalize
-from ..data.cache import prepare_image
 from ..data.decode import DecodeError
 from ..data.sources import IMAGE_EXTS
 from ..errors import UserError
-from .bundle import PREPROCESSING, find_bundle, load_bundle
+from ..models.bundle import PREPROCESSING, find_bundle, load_bundle
+from .export import onnx_session, run_onnx
+from .preprocess import preprocess
 
 PRETRAINED_CROP_PCT = 0.875
-
-
-def preprocess(src: Any, meta: dict) -> torch.Tensor:
-    """One image (path, bytes, PIL image or H×W[×C] uint8 array) → uint8 C×H×W tensor as the model sees it."""
-    size = int(meta["img_size"])
-    crop_pct = float(meta.get("crop_pct", 1.0))
-    frame = round(size / crop_pct) if crop_pct < 1.0 else size
-    # the cache's own decode → draft → fit step, so predict sees exactly the pixels training stored
-    img = prepare_image(_as_source(src), frame, int(meta["in_chans"]), meta.get("fit", "crop"))
-    if frame != size:
-        top = (frame - size) // 2
-        img = img[top:top + size, top:top + size]
-    return torch.from_numpy(np.require(img, np.uint8, ["C", "W"])).permute(2, 0, 1)
-
-
-def _as_source(src: Any) -> str | Path | bytes:
-    """Paths and encoded bytes go to the decoder as they are; in-memory images are re-encoded losslessly (PNG) so
-    they too pass through the one decoder (mode conversion, 16-bit scaling, pixel limits)."""
-    if isinstance(src, (str, Path, bytes)):
-        return src
-    if isinstance(src, (bytearray, memoryview)):
-        return bytes(src)
-    if isinstance(src, np.ndarray):
-        if src.dtype != np.uint8 or src.ndim not in (2, 3) or (src.ndim == 3 and src.shape[2] not in (1, 3, 4)):
-            raise DecodeError(f"array must be uint8 H×W or H×W×(1|3|4), got {src.dtype} {src.shape}")
-        src = Image.fromarray(src[..., 0] if src.ndim == 3 and src.shape[2] == 1 else src)
-    if isinstance(src, Image.Image):
-        if src.mode not in ("1", "L", "LA", "I", "I;16", "P", "RGB", "RGBA"):
-            src = src.convert("RGB")  # e.g. CMYK, YCbCr: PNG cannot hold them
-        buf = io.BytesIO()
-        src.save(buf, format="PNG", compress_level=0)
-        return buf.getvalue()
-    raise DecodeError(f"unsupported input type {type(src).__name__}")
 
 
 def _input_name(src: Any, i: int) -> str:
@@ -101,7 +69,7 @@ class Predictor:
 
     def predict_proba(self, x_uint8: torch.Tensor, tta: str = "none") -> np.ndarray:
         """N×C×H×W uint8, already fitted to the model's size → N×K float32 probabilities."""
-        from ..evaluate import tta as tta_mod
+        from ..evaluation import tta as tta_mod
 
         x = normalize(x_uint8.to(self.device), self._mean, self._std)
         if self.model is not None:
@@ -111,8 +79,6 @@ class Predictor:
         return (probs / len(views)).astype(np.float32)
 
     def _run_session(self, x: torch.Tensor) -> np.ndarray:
-        from .export import run_onnx
-
         fixed = not self.meta.get("exports", {}).get("onnx", {}).get("dynamic_batch", True)
         if fixed and x.shape[0] != 1:
             return np.concatenate([run_onnx(self.session, x[i:i + 1]) for i in range(x.shape[0])])
@@ -121,7 +87,7 @@ class Predictor:
     def predict(self, inputs: Sequence[Any], top_k: int = 5, tta: str = "none",
                 batch_size: int = 64) -> list[dict]:
         """One result per input, in order: ``{"input", "predictions": [{"label", "probability"}], "error"}``."""
-        from ..evaluate.tta import TTA_MODES
+        from ..evaluation.tta import TTA_MODES
 
         if tta not in TTA_MODES:
             raise UserError(f"tta {tta!r}: choose {', '.join(TTA_MODES)}")
@@ -176,8 +142,6 @@ def load(target: str | Path, device: str = "cpu", backend: str = "torch") -> Pre
             return Predictor(meta, model=model, device=device, source=name)
         bundle = _pretrained_bundle(name)
     if backend == "onnx":
-        from .export import onnx_session
-
         session, meta = onnx_session(bundle)
         return Predictor(meta, session=session, source=str(target), bundle_dir=bundle)
     model, meta = load_bundle(bundle, device)
@@ -221,7 +185,7 @@ def pretrained_model(name: str, device: str = "cpu") -> tuple[torch.nn.Module, d
 
 def _pretrained_bundle(name: str) -> Path:
     """A bundle of a pretrained model in the picstory cache, so the ONNX backend has a directory to export into."""
-    from .bundle import save_bundle
+    from ..models.bundle import save_bundle
 
     root = Path(os.environ.get("PICSTORY_CACHE") or Path.home() / ".cache" / "picstory")
     directory = root / "pretrained" / name

@@ -44,12 +44,13 @@ import torch
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
-from starlette.requests import ClientDisconnect
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
-from .. import __version__
+from .._version import __version__
 from ..data.decode import DecodeError, ImageInfo, probe
-from ..monitor.log import Entry, PredictionLog, default_log_path
+from ..device import cores
+from .log import Entry, PredictionLog, default_log_path
 from .predict import load, preprocess
 
 DEFAULT_MAX_PIXELS = 40_000_000  # a 40 MP photo; decoding one takes ~120 MB, so the limit bounds memory per request
@@ -146,7 +147,7 @@ class _Service:
         self.max_body_bytes, self.max_pixels, self.max_queue = max_body_bytes, max_pixels, max_queue
         self.batcher = MicroBatcher(lambda x: self.predictor.predict_proba(x), max_batch, max_wait_ms,
                                     busy=lambda: self.preparing > 0)
-        self.decode_slots = anyio.CapacityLimiter(max(2, os.cpu_count() or 2))
+        self.decode_slots = anyio.CapacityLimiter(max(2, cores()))
         self.log, self.ready = None, False
         self.in_flight = 0  # admitted requests: the queue bound
         self.preparing = 0  # admitted requests whose images are not queued yet: worth waiting for

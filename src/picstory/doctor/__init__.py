@@ -23,18 +23,37 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Mapping
 
-
 from ..errors import UserError
-
-from .common import (
-    SEVERITIES, Finding, _accuracy, _pct, _run_path, cfg_value, data_spec, load_run, plural, run_classes,
-    run_confusion, train_cmd,
+from .findings import (
+    SEVERITIES,
+    Finding,
+    _accuracy,
+    _pct,
+    _run_path,
+    cfg_value,
+    data_spec,
+    load_run,
+    plural,
+    run_classes,
+    run_confusion,
+    train_cmd,
 )
 from .rules import (  # noqa: F401  (re-exported: picstory.doctor.check_* is the rules' public name)
-    RULES, check_bad_files, check_catch_all, check_confused_pairs, check_diverged, check_few_images, check_imbalance, check_leaks, check_lr_too_high, check_mislabelled, check_overfitting, check_spikes, check_underfitting, check_weak_classes,
+    RULES,
+    check_bad_files,
+    check_catch_all,
+    check_confused_pairs,
+    check_diverged,
+    check_few_images,
+    check_imbalance,
+    check_leaks,
+    check_lr_too_high,
+    check_mislabelled,
+    check_overfitting,
+    check_spikes,
+    check_underfitting,
+    check_weak_classes,
 )
-
-
 
 KIND_ORDER = ("diverged", "unstable", "lr_too_high", "leak", "underfitting", "overfitting", "imbalance",
               "weak_classes", "catch_all", "confused_pair", "mislabelled", "few_images", "bad_files")

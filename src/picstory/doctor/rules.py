@@ -7,10 +7,25 @@ import shlex
 from pathlib import Path
 from typing import Callable, Mapping
 
-
-
-from .common import (
-    BIGGER_MODEL, Finding, PRETRAINED, _accuracy, _col, _finite, _lower_lr_steps, _pct, _peak_lr, _recalls, _run_path, _train_counts, cfg_value, data_spec, plural, run_classes, run_confusion, train_cmd,
+from .findings import (
+    BIGGER_MODEL,
+    PRETRAINED,
+    Finding,
+    _accuracy,
+    _col,
+    _finite,
+    _lower_lr_steps,
+    _pct,
+    _peak_lr,
+    _recalls,
+    _run_path,
+    _train_counts,
+    cfg_value,
+    data_spec,
+    plural,
+    run_classes,
+    run_confusion,
+    train_cmd,
 )
 
 

@@ -4,7 +4,7 @@
     model.picstory_cfg  # {"arch", "mean", "std", "input_size", "pretrained", "head", ...}
 """
 
-from . import fast, seed  # noqa: F401  (registers the picstory models)
+from . import picnet, seed_cnn  # noqa: F401  (importing them registers the picstory models)
 from .parts import backbone_parameters, count_flops, head_parameters, is_backbone_frozen, set_backbone_frozen
 from .pretrained import has_pretrained, imagenet_classes, load_pretrained
 from .registry import create_model, default_model, list_models, register_model

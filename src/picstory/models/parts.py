@@ -6,9 +6,29 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from .registry import get_submodule, head_name
+from ..errors import ConfigError
 
 _NORM_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+
+
+def get_submodule(model: nn.Module, path: str) -> nn.Module:
+    try:
+        return model.get_submodule(path)
+    except AttributeError as e:
+        raise ConfigError(f"model has no layer '{path}' (picstory_cfg['head'] is wrong)") from e
+
+
+def head_name(model: nn.Module) -> str:
+    cfg = getattr(model, "picstory_cfg", None)
+    if cfg and cfg.get("head"):
+        return cfg["head"]
+    pcfg = getattr(model, "pretrained_cfg", None) or {}
+    if pcfg.get("classifier"):
+        return pcfg["classifier"]
+    last = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    if not last:
+        raise ConfigError("cannot find the classifier of this model (no Linear layer and no picstory_cfg)")
+    return last[-1]
 
 
 def head_parameters(model: nn.Module) -> list[nn.Parameter]:

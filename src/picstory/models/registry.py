@@ -15,6 +15,7 @@ from typing import Callable
 from torch import nn
 
 from ..errors import ConfigError
+from .pretrained import load_pretrained, require_pretrained
 
 # Scratch models see data scaled to [-1, 1]; pretrained ones get their own statistics from the weights' config.
 SCRATCH_MEAN, SCRATCH_STD = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
@@ -110,8 +111,6 @@ def create_model(name: str, num_classes: int, in_chans: int = 3, pretrained: boo
     ``pretrained=True`` loads offline weights (see :func:`has_pretrained`); the classifier is re-initialised
     when ``num_classes`` differs from the weights, and a 1-channel input sums the RGB filters of the first conv.
     """
-    from .pretrained import load_pretrained, require_pretrained
-
     if num_classes < 1:
         raise ConfigError(f"model '{name}': num_classes must be ≥ 1, got {num_classes}")
     if in_chans < 1:
@@ -147,23 +146,3 @@ def default_model(img_size: int, num_images: int, in_chans: int) -> str:
             return "picnet-s"
         return "picnet-m" if num_images < 100_000 else "picnet-l"
     return "efficientnet_lite0"
-
-
-def get_submodule(model: nn.Module, path: str) -> nn.Module:
-    try:
-        return model.get_submodule(path)
-    except AttributeError as e:
-        raise ConfigError(f"model has no layer '{path}' (picstory_cfg['head'] is wrong)") from e
-
-
-def head_name(model: nn.Module) -> str:
-    cfg = getattr(model, "picstory_cfg", None)
-    if cfg and cfg.get("head"):
-        return cfg["head"]
-    pcfg = getattr(model, "pretrained_cfg", None) or {}
-    if pcfg.get("classifier"):
-        return pcfg["classifier"]
-    last = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
-    if not last:
-        raise ConfigError("cannot find the classifier of this model (no Linear layer and no picstory_cfg)")
-    return last[-1]

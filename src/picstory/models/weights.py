@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from .registry import head_name
+from .parts import head_name
 
 WRAPPER_KEYS = ("state_dict", "model", "model_state_dict", "state_dict_ema")
 STRIP_PREFIXES = ("module.", "_orig_mod.")  # DistributedDataParallel, torch.compile

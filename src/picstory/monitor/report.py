@@ -14,10 +14,11 @@ import shutil
 from datetime import datetime, timezone
 from pathlib import Path
 
-from ..deploy.bundle import atomic_write_bytes, find_bundle, read_meta
+from ..deploy.log import default_log_path, read_rows
 from ..errors import UserError
-from .html import render_html
-from .log import default_log_path, read_rows
+from ..files import atomic_write
+from ..models.bundle import find_bundle, read_meta
+from ..pages.monitor_page import render_html
 
 PSI_EPS = 1e-4  # a class never seen on one side would make ln(a/e) infinite
 LEAST_CONFIDENT = 24
@@ -174,7 +175,7 @@ def monitor(run: str | Path, log: str | Path | None = None, out: str | Path | No
         report["relabel"] = copy_for_relabel(mine, export_relabel, low_confidence)
     out_dir = Path(out).expanduser() if out else home
     out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(out_dir / "monitor.json", json.dumps(report, indent=2).encode() + b"\n")
-    atomic_write_bytes(out_dir / "monitor.html", render_html(report, meta).encode())
+    atomic_write(out_dir / "monitor.json", json.dumps(report, indent=2).encode() + b"\n")
+    atomic_write(out_dir / "monitor.html", render_html(report, meta).encode())
     report["files"] = [str(out_dir / "monitor.json"), str(out_dir / "monitor.html")]
     return report

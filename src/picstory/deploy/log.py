@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..deploy.bundle import find_bundle
+from ..models.bundle import find_bundle
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS predictions (

@@ -182,16 +182,24 @@ def errors_figure(mistakes: list[dict], cols: int = 6) -> Figure:
 
 
 def lr_find_figure(lr_find: dict) -> Figure:
+    """Loss against LR on a log axis with the suggestion marked on the curve."""
     fig = new_figure(6, 3.2)
     ax = fig.subplots()
-    ax.plot(lr_find.get("lrs") or [], lr_find.get("losses") or [], color=TRAIN)
+    lrs, losses, lr = lr_find.get("lrs") or [], lr_find.get("losses") or [], lr_find.get("suggested_lr")
+    ax.plot(lrs, losses, color=TRAIN)
     ax.set_xscale("log")
     ax.set_xlabel("learning rate")
     ax.set_ylabel("loss")
     ax.set_title("Learning-rate finder")
     ax.grid(alpha=0.3)
-    lr = lr_find.get("suggested_lr")
     if lr:
         ax.axvline(lr, color=BEST, linestyle="--", label=f"suggested {lr:.2g}")
         ax.legend(fontsize=8)
+    if lrs and losses and lr:
+        i = min(range(len(lrs)), key=lambda k: abs(math.log(lrs[k]) - math.log(lr)))
+        ax.plot([lrs[i]], [losses[i]], "o", color=BEST, markersize=8, zorder=5)
+        # the last few points are the explosion, which would squash the useful part of the curve (fastai skips 5)
+        top, low = max(losses[: max(1, len(losses) - 5)]), min(losses)
+        if top > low:
+            ax.set_ylim(low - 0.05 * (top - low), top + 0.05 * (top - low))
     return fig

@@ -3,23 +3,24 @@ LR grows exponentially from 1e-7 to 10, record the smoothed loss, stop once it e
 longest downhill stretch of the curve ("valley").
 
 The test trains a deep copy and restores the random state afterwards, so ``train(lr="auto")`` trains exactly as
-a run given the found LR by hand would.
+a run given the found LR by hand would. ``picstory lr-find`` (pipeline/lr_find_run.py) and
+``train(lr="auto")`` both call :func:`suggest_lr`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
-import json
 import math
-import sys
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from .. import config as C
+from ..models import backbone_parameters
+from .checkpoint import rng_state, set_rng_state
+from .optim import build_optimizer, param_groups, set_lr
 
 START_LR, END_LR, STEPS = 1e-7, 10.0, 100
 BETA = 0.98  # loss smoothing, as fastai
@@ -77,8 +78,6 @@ def suggest_lr(cfg: C.Config, td, device: torch.device, autocast, steps: int = S
     Returns ``{"suggested_lr", "lrs", "losses", ...}`` (the losses are the smoothed ones the suggestion used). The
     model, its optimizer-free state and the global random state are left as they were.
     """
-    from ..train.checkpoint import rng_state, set_rng_state
-
     saved_rng = rng_state()
     began = time.perf_counter()
     try:
@@ -93,9 +92,6 @@ def suggest_lr(cfg: C.Config, td, device: torch.device, autocast, steps: int = S
 
 def _range_test(cfg: C.Config, td, device, autocast, steps: int, start_lr: float,
                 end_lr: float) -> tuple[list[float], list[float], str]:
-    from ..models import backbone_parameters
-    from ..train.optim import build_optimizer, param_groups, set_lr
-
     t = cfg.train
     model = copy.deepcopy(td.model).train()
     backbone = backbone_parameters(model) if td.pretrained else None
@@ -134,45 +130,4 @@ def _range_test(cfg: C.Config, td, device, autocast, steps: int, start_lr: float
         epoch += 1
 
 
-def lr_figure(found: dict):
-    """Loss against LR on a log axis with the suggestion marked on the curve."""
-    from ..evaluate.plots import BEST, lr_find_figure
-
-    fig = lr_find_figure(found)
-    lrs, losses, lr = found.get("lrs") or [], found.get("losses") or [], found.get("suggested_lr")
-    if lrs and lr:
-        i = min(range(len(lrs)), key=lambda k: abs(math.log(lrs[k]) - math.log(lr)))
-        fig.axes[0].plot([lrs[i]], [losses[i]], "o", color=BEST, markersize=8, zorder=5)
-        # the last few points are the explosion, which would squash the useful part of the curve (fastai skips 5)
-        top, low = max(losses[: max(1, len(losses) - 5)]), min(losses)
-        if top > low:
-            fig.axes[0].set_ylim(low - 0.05 * (top - low), top + 0.05 * (top - low))
-    return fig
-
-
-def lr_find(data: str, out: str | Path | None = None, progress: bool = False, **overrides) -> dict:
-    """``picstory lr-find``: the range test on DATA with the train options given; writes lr_find.json and
-    lr_find.png to ``out`` (default ``lr-find/NAME``) and returns the result with their paths."""
-    from ..evaluate.plots import figure_png
-    from ..runs import slug
-    from ..train.checkpoint import atomic_write
-    from ..train.run import prepare
-
-    name = overrides.pop("name", "") or ""
-    cfg, td, device, autocast = prepare(data, progress=progress, **overrides)
-    found = suggest_lr(cfg, td, device, autocast)
-    folder = Path(out) if out else Path("lr-find") / (name or f"{slug(cfg.model.model)}-{slug(data)}")
-    folder.mkdir(parents=True, exist_ok=True)
-    record = {**found, "data": data, "model": cfg.model.model, "img_size": cfg.data.img_size}
-    atomic_write(folder / "lr_find.json", json.dumps(record, indent=1))
-    atomic_write(folder / "lr_find.png", figure_png(lr_figure(found)))
-    print(f"lr-find: {found['steps']} steps, {found['stopped']}; suggested {found['suggested_lr']:.2e} "
-          f"(steepest {_g(found['steep_lr'])}, minimum {_g(found['min_loss_lr'])})", file=sys.stderr)
-    return {**record, "plot": str(folder / "lr_find.png"), "json": str(folder / "lr_find.json"), "dir": str(folder)}
-
-
-def _g(x: float | None) -> str:
-    return "-" if x is None else f"{x:.2e}"
-
-
-__all__ = ["lr_find", "suggest_lr", "suggest", "valley", "steepest", "lr_schedule"]
+__all__ = ["suggest_lr", "suggest", "valley", "steepest", "lr_schedule"]

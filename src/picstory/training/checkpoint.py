@@ -6,51 +6,13 @@ pickled classes, nothing a crafted file could execute.
 
 from __future__ import annotations
 
-import os
 import random
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from ..errors import UserError
-
-
-def atomic_write(path: str | Path, data: bytes | str) -> None:
-    """Write to a temp file in the same directory, fsync, then os.replace: readers never see half a file."""
-    path = Path(path)
-    if isinstance(data, str):
-        data = data.encode()
-    try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            os.fchmod(fd, 0o644)  # mkstemp's 0600 would hide reports and bundles from other users
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            _unlink(tmp)
-            raise
-    except OSError as e:
-        raise UserError(f"could not write {path}: {e.strerror or e}; the previous file is intact") from None
-
-
-def atomic_torch_save(path: str | Path, obj: dict) -> None:
-    import io
-
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    atomic_write(path, buf.getvalue())
-
-
-def _unlink(p: str) -> None:
-    try:
-        os.unlink(p)
-    except OSError:
-        pass
 
 
 def rng_state() -> dict:

@@ -12,7 +12,8 @@ from typing import Callable
 
 import torch
 
-from .checkpoint import atomic_torch_save, atomic_write, rng_state
+from ..files import atomic_torch_save, atomic_write
+from .checkpoint import rng_state
 from .engine import Callback, Learner, StopTraining
 
 METRIC_COLUMNS = ["epoch", "img_size", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "seconds"]
@@ -205,7 +206,8 @@ class Progress(Callback):
 
     def on_epoch_start(self, L: Learner) -> None:
         if self.enabled and L.is_main and self.stream.isatty():
-            from rich.progress import BarColumn, Progress as RichProgress, TextColumn, TimeRemainingColumn
+            from rich.progress import BarColumn, TextColumn, TimeRemainingColumn
+            from rich.progress import Progress as RichProgress
 
             self.bar = RichProgress(TextColumn(f"epoch {L.epoch + 1}/{L.epochs}"), BarColumn(),
                                     TextColumn("{task.completed}/{task.total} loss {task.fields[loss]}"),

@@ -10,16 +10,16 @@ import numpy as np
 import torch
 
 from ..errors import DataError, UserError
-from ..runs import find_run, read_json, slug
-from ..train.checkpoint import atomic_write
-from .metrics import confident_mistakes, predict_images, summarize, suspects
+from ..evaluation.metrics import confident_mistakes, predict_images, summarize, suspects
+from ..files import atomic_write, read_json
+from ..runs import find_run, slug
 
 SUSPECT_SCAN_MAX = 20_000  # training images scanned for likely label errors (bounded time on big sets)
 
 
 def evaluate_run(run: str | Path, data: str | None = None, tta: str = "none", td=None, write_report: bool = True,
                  summary: dict | None = None, device: str = "cpu", progress: bool = True) -> dict:
-    from ..deploy.bundle import load_bundle
+    from ..models.bundle import load_bundle
 
     run_dir = find_run(run)
     model, meta = load_bundle(run_dir / "model", device=device)
@@ -51,7 +51,7 @@ def evaluate_run(run: str | Path, data: str | None = None, tta: str = "none", td
 
 def test_images(run: str | Path, limit: int = 64) -> torch.Tensor:
     """Up to ``limit`` uint8 images of a run's test split (export's parity check uses real inputs)."""
-    from ..deploy.bundle import read_meta
+    from ..models.bundle import read_meta
 
     run_dir = find_run(run)
     images, *_ = _load_eval_data(run_dir, read_meta(run_dir / "model"), None, progress=False, limit=limit)
@@ -59,11 +59,12 @@ def test_images(run: str | Path, limit: int = 64) -> torch.Tensor:
 
 
 def _load_eval_data(run_dir: Path, meta: dict, data: str | None, progress: bool, limit: int | None = None):
+    import yaml
+
     from ..data.cache import load_images
     from ..data.sources import resolve
     from ..data.split import read_manifest
-    from ..train.data import Split
-    import yaml
+    from ..training.setup import Split
 
     cfg = yaml.safe_load((run_dir / "config.yaml").read_text()) if (run_dir / "config.yaml").is_file() else {}
     spec = data or cfg.get("data", {}).get("data") or meta.get("data")
@@ -105,7 +106,7 @@ def finalize_report(run_dir: Path, summary: dict) -> None:
     """Diagnosis into summary.json, then report.html. A failing report never loses the trained model."""
     try:
         from ..doctor import diagnose
-        from .report import write_report
+        from ..pages.run_report import write_report
 
         summary = dict(summary)
         summary["diagnosis"] = diagnose(run_dir)

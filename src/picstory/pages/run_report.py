@@ -17,8 +17,8 @@ import numpy as np
 import yaml
 
 from .. import doctor
-from ..train.checkpoint import atomic_write
-from . import plots
+from ..files import atomic_write
+from . import figures as plots
 
 CSS = """
 body{font:15px/1.5 system-ui,-apple-system,"Segoe UI",Roboto,"DejaVu Sans",sans-serif;color:#1d2330;

@@ -12,8 +12,7 @@ from matplotlib import colormaps
 from matplotlib.patches import Rectangle
 from matplotlib.ticker import MaxNLocator
 
-from ..evaluate.plots import BEST, label, new_figure, placeholder_figure
-
+from .figures import BEST, label, new_figure, placeholder_figure
 
 DASHES = ["-", "--", ":", "-."]
 

@@ -227,7 +227,7 @@ def _duplicate_count(parts: dict[str, Split]) -> int:
 
 
 def _bundle_saver(cfg: C.Config, source: Source, td: TrainData) -> Callable:
-    from ..deploy.bundle import save_bundle
+    from ..models.bundle import save_bundle
 
     final_size = cfg.data.img_size
     if cfg.train.progressive:

@@ -13,19 +13,30 @@ from pathlib import Path
 
 import torch
 
-from .. import __version__, config as C
+from .. import config as C
+from .._version import __version__
 from ..data import sources
 from ..data.split import manifest_csv, read_manifest, split_source
 from ..errors import ConfigError, UserError
-from ..runs import create_run_dir, find_run, read_json, slug
-from . import callbacks as cbs
-from .checkpoint import atomic_write, load_checkpoint, seed_everything, set_rng_state
-from .data import TrainData, load_train_data
-from .distributed import (Dist, EpochNaNGuard, barrier, broadcast_object, check_same_data, plain_state_dict,
-                          setup, teardown, wrap_model)
-from .engine import Learner
-from .optim import build_optimizer, make_schedule, param_groups
-from .presets import fit_batch_size, photo_size, preset_values
+from ..files import atomic_write, read_json
+from ..runs import create_run_dir, find_run, slug
+from ..training import callbacks as cbs
+from ..training.checkpoint import load_checkpoint, seed_everything, set_rng_state
+from ..training.distributed import (
+    Dist,
+    EpochNaNGuard,
+    barrier,
+    broadcast_object,
+    check_same_data,
+    plain_state_dict,
+    setup,
+    teardown,
+    wrap_model,
+)
+from ..training.engine import Learner
+from ..training.optim import build_optimizer, make_schedule, param_groups
+from ..training.presets import fit_batch_size, photo_size, preset_values
+from ..training.setup import TrainData, load_train_data
 
 
 @dataclass
@@ -217,7 +228,7 @@ def _resolve_precision(cfg: C.Config, td: TrainData, device, autocast, run_dir: 
 
 def _find_lr(cfg: C.Config, td: TrainData, device, autocast, run_dir: Path | None) -> C.Config:
     """--lr auto: the LR range test on this data and model; the found value is written into config.yaml."""
-    from ..compare.lr_find import suggest_lr
+    from ..training.lr_find import suggest_lr
 
     found = suggest_lr(cfg, td, device, autocast)
     lr = f"{found['suggested_lr']:.3g}"
@@ -321,7 +332,7 @@ def _write_env(run_dir: Path, cfg: C.Config, device, threads: int, autocast, sou
 def _finish(run_dir: Path, cfg: C.Config, td: TrainData, learner: Learner, train_seconds: float, device,
             autocast) -> dict:
     """Evaluate the best bundle on the test split, then summary.json and report.html."""
-    from ..evaluate.api import evaluate_run
+    from .evaluation_run import evaluate_run
 
     best_cb = next(cb for cb in learner.callbacks if isinstance(cb, cbs.BestCheckpoint))
     summary = {"val_accuracy": None, "best_epoch": best_cb.best_epoch, "epochs_run": learner.epoch,
@@ -341,7 +352,7 @@ def _finish(run_dir: Path, cfg: C.Config, td: TrainData, learner: Learner, train
     else:
         summary["test_accuracy"] = None
     atomic_write(run_dir / "summary.json", json.dumps(summary, indent=1))
-    from ..evaluate.api import finalize_report
+    from .evaluation_run import finalize_report
 
     finalize_report(run_dir, summary)
     return read_json(run_dir / "summary.json") or summary

@@ -23,8 +23,9 @@ import torch
 from safetensors import SafetensorError
 from torch import nn
 
-from .. import __version__
+from .._version import __version__
 from ..errors import UserError
+from ..files import atomic_write, fsync_dir, public_mode, write_durable
 
 BUNDLE_FORMAT = "picstory-bundle/1"
 WEIGHTS_FILE = "model.safetensors"
@@ -44,54 +45,6 @@ REQUIRED_META = ("arch", "num_classes", "classes", "in_chans", "img_size", "fit"
 
 def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def fsync_dir(path: Path) -> None:
-    if os.name != "posix":
-        return
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _umask() -> int:
-    """The process umask, read without changing it (os.umask can only be read by setting it, which races)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    except (OSError, ValueError):
-        pass
-    return 0o022
-
-
-def public_mode(path: Path, is_dir: bool = False) -> None:
-    """Give a file made by mkstemp/mkdtemp (0600/0700) the permissions a plain open()/mkdir() would have."""
-    os.chmod(path, (0o777 if is_dir else 0o666) & ~_umask())
-
-
-def _write_bytes(path: Path, data: bytes) -> None:
-    with open(path, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write a file via a temp file in the same directory + fsync + os.replace."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        _write_bytes(Path(tmp), data)
-        public_mode(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
 
 
 def _complete_meta(model: nn.Module, meta: dict) -> dict:
@@ -150,8 +103,8 @@ def save_bundle(directory: str | Path, model: nn.Module, meta: dict) -> Path:
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", suffix=".tmp", dir=directory.parent))
     try:
-        _write_bytes(tmp / WEIGHTS_FILE, weights)
-        _write_bytes(tmp / META_FILE, json.dumps(meta, indent=2, sort_keys=True).encode() + b"\n")
+        write_durable(tmp / WEIGHTS_FILE, weights)
+        write_durable(tmp / META_FILE, json.dumps(meta, indent=2, sort_keys=True).encode() + b"\n")
         fsync_dir(tmp)
         public_mode(tmp, is_dir=True)
         _swap_in(tmp, directory)
@@ -177,7 +130,7 @@ def update_meta(directory: str | Path, **fields: Any) -> dict:
     path = Path(directory) / META_FILE
     meta = read_meta(directory)
     meta.update(fields)
-    atomic_write_bytes(path, json.dumps(meta, indent=2, sort_keys=True).encode() + b"\n")
+    atomic_write(path, json.dumps(meta, indent=2, sort_keys=True).encode() + b"\n")
     return meta
 
 
@@ -233,7 +186,7 @@ def read_weights(directory: str | Path, meta: dict) -> dict[str, torch.Tensor]:
 
 def build_model(meta: dict) -> nn.Module:
     """An untrained model of the bundle's architecture (no weights are downloaded)."""
-    from ..models import create_model
+    from . import create_model
 
     return create_model(meta["arch"], meta["num_classes"], meta["in_chans"], pretrained=False,
                         img_size=meta["img_size"], **meta.get("model_kwargs", {}))

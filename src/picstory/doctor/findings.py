@@ -15,7 +15,6 @@ import yaml
 from ..errors import UserError
 from ..runs import find_run
 
-
 SEVERITIES = ("problem", "warning", "info")
 OPTIONAL_FILES = ("history.json", "eval.json", "data.json", "lr_find.json", "env.json")
 BIGGER_MODEL = {"picnet-s": "picnet-m", "picnet-m": "picnet-l"}

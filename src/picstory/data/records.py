@@ -1,0 +1,79 @@
+"""What every data source resolves to: records (one image each) in a Source, and the file-name vocabulary.
+
+A record is one image: a file path (folders, file-name labels, CSV) or an index into an in-memory uint8 array
+(IDX files, built-in sets), with its label and the split the data itself declares (or None).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+IGNORED_NAMES = {".ds_store", "thumbs.db", "desktop.ini", "__macosx"}
+SPLIT_NAMES = {"train": "train", "training": "train", "training_set": "train", "trainset": "train",
+               "val": "val", "valid": "val", "validation": "val", "dev": "val",
+               "test": "test", "testing": "test", "test_set": "test", "testset": "test"}
+
+
+@dataclass(frozen=True)
+class Record:
+    ref: str  # absolute file path, or the decimal index into Source.arrays
+    label: str
+    split: str | None = None  # train | val | test, when the data declares it
+
+
+@dataclass
+class Source:
+    spec: str
+    kind: str  # folder | filenames | csv | idx | builtin
+    records: list[Record]
+    root: Path | None = None
+    arrays: np.ndarray | None = None  # N×H×W[×C] uint8 for idx / builtin
+    problems: list[tuple[str, str]] = field(default_factory=list)  # (path, reason): missing, unlabelled
+    ignored: int = 0  # non-image files skipped (hidden, .DS_Store, other extensions)
+
+    @property
+    def classes(self) -> list[str]:
+        labels = {r.label for r in self.records}
+        # numeric labels (IDX files, CSVs of digits) sort by value so that "10" follows "9"
+        return sorted(labels, key=lambda c: (0, int(c), "") if c.isdigit() else (1, 0, c))
+
+    @property
+    def in_memory(self) -> bool:
+        return self.arrays is not None
+
+    def class_counts(self) -> dict[str, int]:
+        counts = {c: 0 for c in self.classes}
+        for r in self.records:
+            counts[r.label] += 1
+        return counts
+
+    def display_path(self, rec: Record) -> str:
+        if self.in_memory:
+            return f"{self.spec}[{rec.ref}]"
+        if self.root is not None:
+            try:
+                return os.path.relpath(rec.ref, self.root)
+            except ValueError:
+                pass
+        return rec.ref
+
+    def fingerprint(self) -> str:
+        """Cheap identity of the data set: names, sizes and mtimes (content hashes live in the cache)."""
+        h = hashlib.sha256(self.spec.encode())
+        if self.in_memory:
+            h.update(hashlib.sha256(np.ascontiguousarray(self.arrays).data).digest())
+        for r in self.records:
+            h.update(f"{r.ref}\0{r.label}\0{r.split}\0".encode())
+            if not self.in_memory:
+                try:
+                    st = os.stat(r.ref)
+                    h.update(f"{st.st_size}:{st.st_mtime_ns}".encode())
+                except OSError:
+                    pass
+        return h.hexdigest()[:16]

@@ -1,0 +1,1 @@
+"""The HTML pages and figures picstory writes: run report, data check, sweep, monitor — one stylesheet, one toolkit."""
