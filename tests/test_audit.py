@@ -15,8 +15,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from picstory.data.audit import Seen, check, near_groups
+from picstory.data.audit import Seen, near_groups
 from picstory.errors import DataError
+from picstory.pipeline.data_check_run import check
 
 
 def photo(path: Path, seed: int, size: tuple[int, int] = (80, 60), fmt: str | None = None, **save) -> Path:

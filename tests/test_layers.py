@@ -8,7 +8,7 @@ ROOT = pathlib.Path(__file__).parents[1] / "src" / "picstory"
 
 # Top-level module or package → layer. Keep in step with docs/architecture.md.
 LAYER = {
-    "errors": 0, "_version": 0, "files": 0, "config": 0, "device": 0, "runs": 0,
+    "errors": 0, "_version": 0, "files": 0, "config": 0, "options": 0, "device": 0, "runs": 0,
     "data": 1, "models": 1,
     "training": 2, "evaluation": 2,
     "deploy": 3, "doctor": 3,

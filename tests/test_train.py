@@ -177,3 +177,17 @@ def test_pretrained_fine_tuning_freezes_then_unfreezes(rgb_folder, runs_dir):
     assert not torch.equal(snap.stem[1], snap.stem[2])  # epoch 2: everything trains
     meta = json.loads((run.path / "model" / "model.json").read_text())
     assert meta["mean"] == pytest.approx([0.485, 0.456, 0.406], abs=1e-3)  # the pretrained normalisation
+
+
+def test_a_misspelt_callback_event_fails_at_class_creation():
+    with pytest.raises(TypeError, match="on_epoch_ends is not a training event.*did you mean on_epoch_end"):
+        class Late(Callback):
+            def on_epoch_ends(self, learner):
+                pass
+
+    class Fine(Callback):  # real events and helpers that are not hooks are accepted
+        def on_epoch_end(self, learner):
+            pass
+
+        def once(self):
+            pass

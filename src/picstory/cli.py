@@ -1,12 +1,17 @@
-"""Command line. It only parses and calls the library; train-like flags are generated from config.py."""
+"""Command line. It only parses and calls the library; every flag is generated: train's from config.py, the other
+commands' from options.py."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
+import types
+import typing
 
 from . import commands
 from . import config as C
+from . import options as O
 from .errors import UserError
 
 TRAIN_SECTIONS = ("data", "model", "augment", "train", "eval", "run")
@@ -27,6 +32,42 @@ def _add_config_flags(p: argparse.ArgumentParser, skip: tuple = ("data",)) -> No
             else:
                 choices = f.metadata.get("choices")
                 group.add_argument(flag, dest=key, default=None, metavar=_metavar(key, choices), help=help_)
+
+
+def _add_options(p: argparse.ArgumentParser, cls: type) -> None:
+    """One flag per field of an options dataclass (options.py), with its default, type, choices and bounds."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        typ = hints[f.name]
+        if isinstance(typ, types.UnionType):  # `float | None`: the flag takes a float
+            typ = next(t for t in typing.get_args(typ) if t is not type(None))
+        meta, flag = f.metadata, "--" + f.name.replace("_", "-")
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        shown = "none" if default in (None, "") else default
+        kw: dict = {"dest": f.name, "default": default, "help": f"{meta['help']} (default: {shown})"}
+        if typ is bool:
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
+        elif typing.get_origin(typ) is list or typ is list:
+            p.add_argument(flag, action="append", metavar="VALUE", **{**kw, "default": []})
+        else:
+            p.add_argument(flag, type=_checked(flag, typ, meta), choices=meta.get("choices"),
+                           metavar=None if meta.get("choices") else {int: "N", float: "X"}.get(typ, "VALUE"), **kw)
+
+
+def _checked(flag: str, typ: type, meta: dict):
+    def parse(text: str):
+        try:
+            value = typ(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {typ.__name__}, got {text!r}") from None
+        low, high = meta.get("min"), meta.get("max")
+        if (low is not None and value < low) or (high is not None and value > high):
+            bounds = f"≥ {low}" if high is None else f"≤ {high}" if low is None else f"in [{low}, {high}]"
+            raise argparse.ArgumentTypeError(f"must be {bounds}, got {text}")
+        return value
+
+    parse.__name__ = typ.__name__  # argparse names the type in its messages
+    return parse
 
 
 def _metavar(key: str, choices) -> str:
@@ -67,10 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
         dest="data_command", metavar="ACTION", required=True, parser_class=Parser)
     chk = data.add_parser("check", help="audit a data set: counts, bad files, duplicates, leaks → report")
     chk.add_argument("data", metavar="DATA")
-    chk.add_argument("--out", default=None, help="report folder (default: data-check/NAME)")
-    chk.add_argument("--path-col", default="", help="CSV column with image paths")
-    chk.add_argument("--label-col", default="", help="CSV column with labels")
-    chk.add_argument("--max-bad-fraction", type=float, default=0.05, help="unusable above this share of bad files")
+    _add_options(chk, O.DataCheckOptions)
     exp = data.add_parser("export", help="write a built-in data set as PNG class folders (train/ test/)")
     exp.add_argument("data", metavar="builtin:NAME")
     exp.add_argument("out", metavar="DIR")
@@ -87,41 +125,24 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("eval", help="metrics of a run on its test split or on DATA")
     ev.add_argument("run", metavar="RUN")
     ev.add_argument("data", metavar="DATA", nargs="?")
-    ev.add_argument("--tta", default="none", choices=("none", "flip", "flip+crops"))
+    _add_options(ev, O.EvalOptions)
 
     pr = sub.add_parser("predict", help="classify images with a run, a bundle or a pretrained model name")
     pr.add_argument("target", metavar="RUN|MODEL")
     pr.add_argument("images", metavar="IMAGE", nargs="+", help="files, folders or glob patterns")
-    pr.add_argument("--top-k", type=int, default=3)
-    pr.add_argument("--format", default="table", choices=("table", "json", "csv"))
-    pr.add_argument("--tta", default="none", choices=("none", "flip", "flip+crops"))
-    pr.add_argument("--backend", default="torch", choices=("torch", "onnx"))
+    _add_options(pr, O.PredictOptions)
 
     ex = sub.add_parser("export", help="export a run's model with a parity check")
     ex.add_argument("run", metavar="RUN")
-    ex.add_argument("--format", default="onnx", choices=("onnx", "torchscript"))
-    ex.add_argument("--opset", type=int, default=17)
-    ex.add_argument("--dynamic-batch", action=argparse.BooleanOptionalAction, default=True)
+    _add_options(ex, O.ExportOptions)
 
     sv = sub.add_parser("serve", help="HTTP server with an upload page for a run's model")
     sv.add_argument("run", metavar="RUN")
-    sv.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
-    sv.add_argument("--port", type=int, default=8000)
-    sv.add_argument("--backend", default="torch", choices=("torch", "onnx"))
-    sv.add_argument("--workers", type=int, default=1)
-    sv.add_argument("--log", default=None, help="prediction log (SQLite; default RUN/predictions.sqlite)")
-    sv.add_argument("--store-inputs", default=None, metavar="DIR", help="keep every input image here")
-    sv.add_argument("--max-body-mb", type=float, default=10.0, help="largest request body in MB (→ 413)")
-    sv.add_argument("--max-pixels", type=int, default=40_000_000, help="largest image in pixels (→ 413)")
-    sv.add_argument("--store-cap-mb", type=float, default=None, help="size cap of --store-inputs (oldest go)")
-    sv.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    _add_options(sv, O.ServeOptions)
 
     sw = sub.add_parser("sweep", help="train a grid of configurations and compare them")
     sw.add_argument("data", metavar="DATA")
-    sw.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
-                    help="a config key and its values; repeat for more axes, or a YAML grid file")
-    sw.add_argument("--repeats", type=int, default=1, help="seeds per cell")
-    sw.add_argument("--jobs", type=int, default=1, help="cells trained at once (threads are split)")
+    _add_options(sw, O.SweepOptions)
     _add_config_flags(sw)
 
     lf = sub.add_parser("lr-find", help="learning-rate range test → suggested LR and plot")
@@ -130,22 +151,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     rn = sub.add_parser("runs", help="table of runs")
     rn.add_argument("dir", metavar="DIR", nargs="?", default="runs")
-    rn.add_argument("--sort", default="", help="column to sort by (e.g. test)")
-    rn.add_argument("--format", default="table", choices=("table", "json", "csv"))
+    _add_options(rn, O.RunsOptions)
 
     mo = sub.add_parser("monitor", help="drift and low-confidence report from the prediction log")
     mo.add_argument("run", metavar="RUN")
-    mo.add_argument("--log", default=None)
-    mo.add_argument("--out", default=None)
-    mo.add_argument("--export-relabel", default=None, metavar="DIR")
-    mo.add_argument("--low-confidence", type=float, default=0.6)
+    _add_options(mo, O.MonitorOptions)
 
     dr = sub.add_parser("doctor", help="is the model good enough, and if not, what to try next")
     dr.add_argument("run", metavar="RUN")
-    dr.add_argument("--target-accuracy", type=float, default=None)
-    dr.add_argument("--class-recall", type=float, default=None)
-    dr.add_argument("--export-relabel", default=None, metavar="DIR")
-    dr.add_argument("--format", default="text", choices=("text", "json"))
+    _add_options(dr, O.DoctorOptions)
 
     md = sub.add_parser("models", help="list model names")
     md.add_argument("pattern", nargs="?", default="")

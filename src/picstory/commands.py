@@ -9,6 +9,7 @@ from pathlib import Path
 
 from .config import overrides_from as _overrides
 from .errors import UserError
+from .runs import RunDir
 
 
 def _cmdline(argv: list[str]) -> str:
@@ -24,7 +25,7 @@ def cmd_data(args: argparse.Namespace, argv: list[str]) -> int:
         split_counts = ", ".join(f"{k}: {v}" for k, v in counts.items())
         print(f"wrote {sum(counts.values())} PNG files to {args.out} ({split_counts})")
         return 0
-    from .data.audit import check
+    from .pipeline.data_check_run import check
     from .runs import slug
 
     out = Path(args.out or Path("data-check") / slug(args.data))
@@ -87,7 +88,7 @@ def cmd_export(args: argparse.Namespace, argv: list[str]) -> int:
 
     run = find_run(args.run)
     try:
-        images = test_images(run) if (run / "split.csv").is_file() else None
+        images = test_images(run) if RunDir(run).split.is_file() else None
     except UserError:
         images = None  # the data moved away: the check still runs on seeded synthetic inputs
     export(run, fmt=args.format, opset=args.opset, dynamic_batch=args.dynamic_batch, parity_images=images)

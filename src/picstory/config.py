@@ -18,6 +18,16 @@ import yaml
 
 from .errors import ConfigError
 
+# Vocabularies: declared once, used by the config, the command options and the registries that implement them.
+OPTIMIZERS = ("sgd", "sgd-momentum", "adam", "adamw", "adamax", "rmsprop", "adagrad")
+SCHEDULES = ("constant", "step", "cosine", "onecycle", "linear", "plateau")
+TTA_MODES = ("none", "flip", "flip+crops")
+FITS = ("crop", "pad", "stretch")
+BACKENDS = ("torch", "onnx")
+EXPORT_FORMATS = ("onnx", "torchscript")
+TABLE_FORMATS = ("table", "json", "csv")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
 
 def opt(default, help: str, choices: tuple | None = None, min: float | None = None, max: float | None = None):
     """A config field: default, help text (with units), and optional validation bounds."""
@@ -33,7 +43,7 @@ class DataConfig:
     img_size: int = opt(0, "training image size in px (0 = chosen from the data)", min=0, max=4096)
     channels: str = opt("auto", "input channels: auto (1 for gray data, else 3), 1 or 3", choices=("auto", "1", "3"))
     fit: str = opt("crop", "how images reach the square size: crop (shorter side, centre crop), pad, stretch",
-                   choices=("crop", "pad", "stretch"))
+                   choices=FITS)
     val_fraction: float = opt(0.1, "share of the training data held out for validation", min=0.0, max=0.5)
     test_fraction: float = opt(0.1, "share held out for testing when the data has no test split", min=0.0, max=0.5)
     path_col: str = opt("", "CSV column with image paths (auto-detected when empty)")
@@ -72,14 +82,12 @@ class TrainConfig:
     preset: str = opt("default", "recipe preset: fast, default or best", choices=("fast", "default", "best"))
     epochs: int = opt(0, "maximum epochs (0 = preset's choice)", min=0)
     batch_size: int = opt(0, "images per step, all processes together (0 = preset's choice)", min=0)
-    optimizer: str = opt("adamw", "optimizer", choices=("sgd", "sgd-momentum", "adam", "adamw", "adamax",
-                                                         "rmsprop", "adagrad"))
+    optimizer: str = opt("adamw", "optimizer", choices=OPTIMIZERS)
     lr: str = opt("preset", "peak learning rate; preset = the preset's value; auto = run the LR finder first")
     weight_decay: float = opt(0.05, "decoupled weight decay (not applied to norms and biases)", min=0.0)
     momentum: float = opt(0.9, "momentum for sgd-momentum and rmsprop", min=0.0, max=1.0)
     nesterov: bool = opt(True, "Nesterov momentum for sgd-momentum")
-    schedule: str = opt("onecycle", "LR schedule", choices=("constant", "step", "cosine", "onecycle", "linear",
-                                                            "plateau"))
+    schedule: str = opt("onecycle", "LR schedule", choices=SCHEDULES)
     warmup_epochs: float = opt(1.0, "linear warmup in epochs (cosine, linear)", min=0.0)
     label_smoothing: float = opt(0.1, "label smoothing", min=0.0, max=0.5)
     class_weights: str = opt("none", "loss weights: none or auto (inverse class frequency)", choices=("none", "auto"))
@@ -90,7 +98,7 @@ class TrainConfig:
     min_delta: float = opt(0.001, "early stopping: smallest change that counts as improvement", min=0.0)
     monitor: str = opt("val_loss", "metric for early stopping and the best epoch", choices=("val_loss", "val_acc"))
     progressive: str = opt("", "progressive resizing: comma-separated sizes in px, e.g. 64,128,224")
-    precision: str = opt("auto", "compute precision", choices=("auto", "fp32", "bf16", "fp16"))
+    precision: str = opt("auto", "compute precision", choices=PRECISIONS)
     device: str = opt("auto", "device: auto, cpu or cuda", choices=("auto", "cpu", "cuda"))
     seed: int = opt(0, "random seed (same seed → same run on CPU)")
     threads: int = opt(0, "CPU threads (0 = all cores)", min=0)
@@ -99,7 +107,7 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class EvalConfig:
-    tta: str = opt("none", "test-time augmentation", choices=("none", "flip", "flip+crops"))
+    tta: str = opt("none", "test-time augmentation", choices=TTA_MODES)
     eval_batch_size: int = opt(512, "images per evaluation batch", min=1)
 
 
@@ -145,6 +153,14 @@ FIELDS = all_fields()
 def _field_type(f: dataclasses.Field) -> type:
     hints = typing.get_type_hints(_SECTION_TYPES[FIELDS[f.name][0]])
     return hints[f.name]
+
+
+def plural(n: float, word: str) -> str:
+    """``plural(1, "class")`` → "1 class", ``plural(3, "class")`` → "3 classes"."""
+    count = f"{n:g}" if isinstance(n, float) else str(n)
+    if n == 1:
+        return f"{count} {word}"
+    return f"{count} {word}es" if word.endswith(("s", "x", "ch", "sh")) else f"{count} {word}s"
 
 
 def suggest(key: str, options) -> str:

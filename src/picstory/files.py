@@ -6,6 +6,7 @@ crash) never sees half a file, and the previous version stays intact until the n
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import os
@@ -99,3 +100,8 @@ def read_json(path: str | Path, strict: bool = False) -> Any:
         if strict:
             raise UserError(f"{path}: cannot read ({e}); re-run `picstory eval` or train again") from None
         return {}
+
+
+def data_uri(data: bytes, mime: str = "image/png") -> str:
+    """``data:`` URI of encoded bytes, for images embedded in a self-contained HTML page."""
+    return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"

@@ -1,13 +1,43 @@
-"""Run directories: unique names (never overwritten), listing, summary."""
+"""Run directories: the names of the files in one (RunDir), unique names (never overwritten), listing."""
 
 from __future__ import annotations
 
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import UserError
 from .files import read_json
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """The files of a run directory, named in one place (DESIGN.md lists what each holds)."""
+
+    path: Path
+
+    def __post_init__(self):
+        object.__setattr__(self, "path", Path(self.path))
+
+    config = property(lambda self: self.path / "config.yaml")
+    summary = property(lambda self: self.path / "summary.json")
+    metrics = property(lambda self: self.path / "metrics.csv")
+    history = property(lambda self: self.path / "history.json")
+    split = property(lambda self: self.path / "split.csv")
+    data = property(lambda self: self.path / "data.json")
+    env = property(lambda self: self.path / "env.json")
+    lr_find = property(lambda self: self.path / "lr_find.json")
+    report = property(lambda self: self.path / "report.html")
+    bundle = property(lambda self: self.path / "model")
+    last_checkpoint = property(lambda self: self.path / "checkpoints" / "last.pt")
+
+    def eval(self, data: str | None = None) -> Path:
+        """eval.json for the run's own test split, eval-DATA.json for other data."""
+        return self.path / ("eval.json" if data is None else f"eval-{slug(data)}.json")
+
+    def read_summary(self) -> dict:
+        return read_json(self.summary)
 
 
 def slug(text: str) -> str:
@@ -45,7 +75,7 @@ def find_run(run: str | Path) -> Path:
         path = next((c for c in candidates if c.is_dir()), path)
     if not path.is_dir():
         raise UserError(f"run not found: {run} (give a run directory such as runs/NAME; `picstory runs` lists them)")
-    if not (path / "config.yaml").is_file() and not (path / "model" / "model.json").is_file():
+    if not RunDir(path).config.is_file() and not (RunDir(path).bundle / "model.json").is_file():
         raise UserError(f"{path} is not a picstory run directory (no config.yaml or model/model.json)")
     return path
 
@@ -58,7 +88,7 @@ def list_runs(root: str | Path = "runs") -> list[dict]:
     rows = []
     for cfg in sorted(root.rglob("config.yaml")):
         run = cfg.parent
-        summary = read_json(run / "summary.json")
+        summary = RunDir(run).read_summary()
         import yaml
 
         try:

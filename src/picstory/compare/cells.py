@@ -19,6 +19,7 @@ from typing import Any, Iterator
 
 from ..errors import UserError
 from ..files import read_json
+from ..runs import RunDir
 
 
 @dataclass(frozen=True)
@@ -33,11 +34,11 @@ class Cell:
 def inspect_cell(cell_dir: Path) -> tuple[str, dict]:
     """``done`` (a summary with a final stop reason), ``resume`` (a checkpoint to continue from), ``restart`` (a
     folder that never saved a checkpoint) or ``new``; with the summary when there is one."""
-    summary = read_json(cell_dir / "summary.json")
+    summary = read_json(RunDir(cell_dir).summary)
     reason = summary.get("stop_reason")
     if reason and reason != "interrupted":
         return "done", summary
-    if (cell_dir / "checkpoints" / "last.pt").is_file():
+    if RunDir(cell_dir).last_checkpoint.is_file():
         return "resume", summary
     return ("restart" if cell_dir.exists() else "new"), {}
 
@@ -62,7 +63,7 @@ def outcome(summary: dict, run_dir: Path) -> tuple[str, str]:
 
 def read_metrics(run_dir: Path) -> list[dict]:
     try:
-        with open(run_dir / "metrics.csv", newline="") as f:
+        with open(RunDir(run_dir).metrics, newline="") as f:
             return list(csv.DictReader(f))
     except OSError:
         return []
@@ -126,7 +127,7 @@ def _train_cell_process(task: dict, log_dir: Path, running: dict) -> dict:
         said = next((ln[len("error: "):] for ln in reversed(lines) if ln.startswith("error: ")), None)
         return {"status": "failed", "reason": said or f"crashed (exit {code}): {lines[-1][:200] if lines else ''}"}
     run_dir = Path(task["out"]) / task["name"]
-    status, reason = outcome(read_json(run_dir / "summary.json"), run_dir)
+    status, reason = outcome(read_json(RunDir(run_dir).summary), run_dir)
     return {"status": status, "reason": reason}
 
 

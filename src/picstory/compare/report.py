@@ -7,9 +7,7 @@ number of the winner an optimistic, selected figure.
 
 from __future__ import annotations
 
-import base64
 import csv
-import html
 import io
 import math
 import statistics
@@ -17,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..pages import sweep_page
 from .cells import Cell, inspect_cell, outcome, read_metrics
 from .table import cell_text, render
 
@@ -172,32 +171,12 @@ def _options(record: dict) -> str:
     return ", ".join(f"{k}={v}" for k, v in o.items()) or "defaults"
 
 
-STYLE = """body{font:14px/1.45 system-ui,sans-serif;margin:24px auto;max-width:1200px;color:#222;padding:0 16px}
-table{border-collapse:collapse;margin:12px 0}td,th{border-bottom:1px solid #ddd;padding:4px 10px;text-align:left}
-th{background:#f4f4f4}tr.best td{background:#eaf6ea;font-weight:600}td.num{text-align:right;font-variant:tabular-nums}
-img{max-width:100%}code{background:#f4f4f4;padding:1px 4px}.muted{color:#666}"""
-
-
 def _html(path: Path, record: dict, shown: list[dict], columns: list[str], rows: list[dict],
           pngs: dict[str, bytes], best: str | None, failed: list[dict]) -> str:
-    e = html.escape
-    head = "".join(f"<th>{e(c)}</th>" for c in columns)
-    body = []
-    for r in shown:
-        cls = ' class="best"' if r.get("best") else ""
-        tds = "".join(f'<td class="num">{e(cell_text(c, r.get(c)))}</td>' if _numberish(r.get(c))
-                      else f"<td>{e(cell_text(c, r.get(c)))}</td>" for c in columns)
-        body.append(f"<tr{cls}>{tds}</tr>")
-    imgs = "".join(f'<h2>{e(t)}</h2><img alt="{e(t)}" src="data:image/png;base64,{base64.b64encode(pngs[k]).decode()}">'
-                   for k, t in (("curves", "Validation curves"), ("heatmap", "Grid")) if k in pngs)
-    fails = "".join(f"<li><code>{e(r['cell'])}</code>: {e(_why(r))}</li>" for r in failed)
-    best_line = f"best on validation accuracy: <code>{e(best)}</code>" if best else "no cell finished"
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>sweep {e(path.name)}</title>"
-            f"<style>{STYLE}</style></head><body><h1>Sweep {e(path.name)}</h1>"
-            f"<p>data <code>{e(record['data'])}</code> · {len(rows)} runs · {best_line}</p>"
-            f"<p class='muted'>fixed options: {e(_options(record))}<br>command: <code>{e(record.get('command') or '')}"
-            f"</code></p><table><tr>{head}</tr>{''.join(body)}</table>"
-            + (f"<h2>Not finished</h2><ul>{fails}</ul>" if fails else "") + imgs + "</body></html>")
+    table = [(bool(r.get("best")), [(cell_text(c, r.get(c)), _numberish(r.get(c))) for c in columns]) for r in shown]
+    return sweep_page.render_html(path.name, record["data"], len(rows), best, _options(record),
+                                  record.get("command") or "", columns, table,
+                                  [(r["cell"], _why(r)) for r in failed], pngs)
 
 
 def _numberish(v) -> bool:

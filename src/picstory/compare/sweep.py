@@ -24,7 +24,7 @@ from .. import config as C
 from ..device import cores
 from ..errors import ConfigError, UserError
 from ..files import read_json
-from ..runs import slug
+from ..runs import RunDir, slug
 from . import report
 from .cells import Cell, inspect_cell, run_all
 
@@ -240,7 +240,7 @@ def sweep(data: str, grid: Any, repeats: int = 1, jobs: int = 1, name: str = "",
 def _result_line(cell_dir: Path, result: dict) -> str:
     if result["status"] != "ok":
         return f"{result['status']}: {result['reason']}"
-    s = read_json(cell_dir / "summary.json")
+    s = read_json(RunDir(cell_dir).summary)
     test = s.get("test_accuracy")
     return (f"val {s.get('val_accuracy', 0):.4f}" + (f"  test {test:.4f}" if test is not None else "") +
             f"  {s.get('epochs_run')} epochs  {s.get('train_seconds', 0):.1f}s  ({result['reason']})")

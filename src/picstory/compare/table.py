@@ -13,10 +13,10 @@ import shutil
 import sys
 from typing import Any, Iterable
 
-from ..config import suggest
+from ..config import TABLE_FORMATS, suggest
 from ..errors import UserError
 
-FORMATS = ("table", "json", "csv")
+FORMATS = TABLE_FORMATS
 RUN_COLUMNS = ["name", "model", "data", "optimizer", "lr", "best_val", "test", "epochs", "seconds", "status", "date"]
 # higher is better for these, so sorting by them puts the best first
 DESCENDING = ("best_val", "test", "val_accuracy", "test_accuracy", "best_val_acc", "test_acc", "accuracy")

@@ -31,11 +31,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ..config import FITS
 from ..device import cores
 from ..files import atomic_write, cache_root
 from .decode import DECODER_VERSION, MAX_PIXELS, DecodeError, decode_pil, is_gray_mode, probe
 
-FITS = ("crop", "pad", "stretch")
 # Bilinear in PIL is antialiased (its support widens with the reduction), matches torchvision's default Resize used
 # by pretrained recipes, has no Lanczos ringing when small images are upscaled, and is 2.2× cheaper than Lanczos
 # (0.9 vs 2.1 ms for 500×375 → 224 px). reducing_gap=3 first box-reduces by whole factors, which Pillow documents as

@@ -33,6 +33,7 @@ from torch import nn
 from ..errors import UserError
 from ..files import fsync_dir, public_mode
 from ..models.bundle import find_bundle, load_bundle, read_meta, update_meta
+from ..options import EXPORT
 from .preprocess import preprocess
 
 FORMATS = {"onnx": "model.onnx", "torchscript": "model.torchscript.pt"}
@@ -53,7 +54,8 @@ class WithSoftmax(nn.Module):
         return torch.softmax(self.model(x).float(), dim=1)
 
 
-def export(run_or_bundle: str | Path, fmt: str = "onnx", opset: int = 17, dynamic_batch: bool = True,
+def export(run_or_bundle: str | Path, fmt: str = EXPORT.format, opset: int = EXPORT.opset,
+           dynamic_batch: bool = EXPORT.dynamic_batch,
            parity_images: Sequence | torch.Tensor | None = None, verbose: bool = True) -> dict:
     """Export the bundle's model to ``<bundle>/model.onnx`` or ``model.torchscript.pt``; returns the export record
     (file, sha256, input/output description, parity figures) that is also stored in model.json."""

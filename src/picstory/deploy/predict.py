@@ -27,11 +27,13 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..config import TTA_MODES
 from ..data.batches import normalize
 from ..data.decode import DecodeError
 from ..data.sources import IMAGE_EXTS
 from ..errors import UserError
 from ..models.bundle import PREPROCESSING, find_bundle, load_bundle
+from ..options import PREDICT
 from .export import onnx_session, run_onnx
 from .preprocess import preprocess
 
@@ -84,11 +86,9 @@ class Predictor:
             return np.concatenate([run_onnx(self.session, x[i:i + 1]) for i in range(x.shape[0])])
         return run_onnx(self.session, x)
 
-    def predict(self, inputs: Sequence[Any], top_k: int = 5, tta: str = "none",
+    def predict(self, inputs: Sequence[Any], top_k: int = PREDICT.top_k, tta: str = PREDICT.tta,
                 batch_size: int = 64) -> list[dict]:
         """One result per input, in order: ``{"input", "predictions": [{"label", "probability"}], "error"}``."""
-        from ..evaluation.tta import TTA_MODES
-
         if tta not in TTA_MODES:
             raise UserError(f"tta {tta!r}: choose {', '.join(TTA_MODES)}")
         if isinstance(inputs, (str, Path, bytes, Image.Image, np.ndarray)):
@@ -120,7 +120,7 @@ class Predictor:
         return out
 
 
-def load(target: str | Path, device: str = "cpu", backend: str = "torch") -> Predictor:
+def load(target: str | Path, device: str = "cpu", backend: str = PREDICT.backend) -> Predictor:
     """A Predictor for a run directory, a bundle directory or a model name with offline pretrained weights.
 
     ``backend="onnx"`` runs ``model.onnx`` from the bundle with ONNX Runtime on the CPU, exporting it first
@@ -222,7 +222,7 @@ def expand_inputs(args: Sequence[str]) -> list[Path]:
     return out
 
 
-def format_predictions(results: Sequence[dict], fmt: str = "table", top_k: int = 5,
+def format_predictions(results: Sequence[dict], fmt: str = PREDICT.format, top_k: int = PREDICT.top_k,
                        color: bool | None = None) -> str:
     """Results as ``table`` (rich on a terminal, aligned plain text otherwise), ``json`` or ``csv``, without a
     trailing newline (``print`` adds it).

@@ -50,10 +50,11 @@ from starlette.requests import ClientDisconnect
 from .._version import __version__
 from ..data.decode import DecodeError, ImageInfo, probe
 from ..device import cores
+from ..options import PREDICT, SERVE
 from .log import Entry, PredictionLog, default_log_path
 from .predict import load, preprocess
 
-DEFAULT_MAX_PIXELS = 40_000_000  # a 40 MP photo; decoding one takes ~120 MB, so the limit bounds memory per request
+DEFAULT_MAX_PIXELS = SERVE.max_pixels  # a 40 MP photo; decoding one takes ~120 MB: the limit bounds memory
 EXT = {"JPEG": "jpg", "PNG": "png", "GIF": "gif", "WEBP": "webp", "BMP": "bmp", "TIFF": "tif", "MPO": "jpg"}
 RAW_TYPES = ("image/", "application/octet-stream")
 CONFIG_ENV = "PICSTORY_SERVE_CONFIG"  # how serve() hands its options to worker processes
@@ -275,7 +276,7 @@ PREDICT_DOC = {
 
 def _routes(app: FastAPI, service: _Service, page: str) -> None:
     @app.post("/predict", openapi_extra=PREDICT_DOC, summary="Classify one or several images")
-    async def predict(request: Request, top_k: int = Query(5, ge=1, description="labels per image")) -> Any:
+    async def predict(request: Request, top_k: int = Query(PREDICT.top_k, ge=1, description="labels per image")) -> Any:
         """One image (field `file` or a raw image/* body) → `{"input", "predictions": [{"label", "probability"}],
         "model": {"name", "sha256"}, "latency_ms"}`; several (`files`) → `{"results": [...], "model", ...}`."""
         start = time.perf_counter()
@@ -342,10 +343,10 @@ def _handlers(app: FastAPI) -> None:
         return _error(500, "internal_error", f"{type(e).__name__}: the server failed on this request")
 
 
-def create_app(target: str | Path | Any, backend: str = "torch", log_path: str | Path | None = None,
-               store_inputs: str | Path | None = None, max_body_bytes: int = 10 * 2**20,
+def create_app(target: str | Path | Any, backend: str = SERVE.backend, log_path: str | Path | None = None,
+               store_inputs: str | Path | None = None, max_body_bytes: int = int(SERVE.max_body_mb * 2**20),
                max_pixels: int = DEFAULT_MAX_PIXELS, max_queue: int = 64, max_batch: int = 32,
-               max_wait_ms: float = 5.0, device: str = "cpu", store_cap_mb: float | None = None) -> FastAPI:
+               max_wait_ms: float = 5.0, device: str = SERVE.device, store_cap_mb: float | None = None) -> FastAPI:
     """The app for ``target``, a run or bundle directory (or a loaded Predictor), loaded and warmed in the lifespan
     start-up (/health/ready is 503 until then). ``log_path`` defaults to RUN/predictions.sqlite; ``store_inputs``
     keeps each input as DIR/<sha256>.<ext>."""
@@ -383,7 +384,8 @@ def app_from_env() -> FastAPI:
     return _process_app(**json.loads(os.environ[CONFIG_ENV]))
 
 
-def serve(target: str | Path, host: str = "127.0.0.1", port: int = 8000, workers: int = 1, **kw: Any) -> None:
+def serve(target: str | Path, host: str = SERVE.host, port: int = SERVE.port, workers: int = SERVE.workers,
+          **kw: Any) -> None:
     """Run the server until Ctrl-C / SIGTERM; in-flight requests finish and the log is flushed on the way out."""
     import uvicorn
 

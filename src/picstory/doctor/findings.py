@@ -12,8 +12,9 @@ from typing import Any, Mapping
 
 import yaml
 
+from ..config import plural  # noqa: F401  (doctor rules and pages use it from here too)
 from ..errors import UserError
-from ..runs import find_run
+from ..runs import RunDir, find_run
 
 SEVERITIES = ("problem", "warning", "info")
 OPTIONAL_FILES = ("history.json", "eval.json", "data.json", "lr_find.json", "env.json")
@@ -59,12 +60,12 @@ def _num(v: str | None) -> float | None:
 def load_run(run_dir: str | Path) -> dict:
     """The run directory's files as dicts; optional files missing → None, missing metrics → []."""
     run = find_run(run_dir)
-    if not (run / "metrics.csv").is_file() and not (run / "summary.json").is_file():
+    if not RunDir(run).metrics.is_file() and not RunDir(run).summary.is_file():
         raise UserError(f"{run}: not a run directory (no metrics.csv or summary.json); give runs/NAME")
     out: dict[str, Any] = {"dir": run}
-    out["metrics"] = _read_metrics(run / "metrics.csv") if (run / "metrics.csv").is_file() else []
-    out["summary"] = _read_json(run / "summary.json") if (run / "summary.json").is_file() else {}
-    cfg = run / "config.yaml"
+    out["metrics"] = _read_metrics(RunDir(run).metrics) if RunDir(run).metrics.is_file() else []
+    out["summary"] = _read_json(RunDir(run).summary) if RunDir(run).summary.is_file() else {}
+    cfg = RunDir(run).config
     out["config"] = (yaml.safe_load(cfg.read_text()) or {}) if cfg.is_file() else {}
     for name in OPTIONAL_FILES:
         p = run / name
@@ -104,13 +105,6 @@ def _col(rows: list[dict], key: str) -> list[float]:
 
 def _finite(xs: list[float]) -> bool:
     return all(math.isfinite(x) for x in xs)
-
-
-def plural(n: float, word: str) -> str:
-    """``plural(1, "class")`` → "1 class", ``plural(3, "class")`` → "3 classes"."""
-    if n == 1:
-        return f"{n:g} {word}"
-    return f"{n:g} {word}es" if word.endswith(("s", "x", "ch", "sh")) else f"{n:g} {word}s"
 
 
 def _pct(x: float) -> str:

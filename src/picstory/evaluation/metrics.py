@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import io
 
@@ -11,6 +10,7 @@ import torch
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
 from ..data.batches import normalize
+from ..files import data_uri
 from .tta import predict_proba
 
 
@@ -58,7 +58,7 @@ def thumb(img: np.ndarray, size: int = 96) -> str:
         im.thumbnail((size, size))
     buf = io.BytesIO()
     im.save(buf, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+    return data_uri(buf.getvalue())
 
 
 def confident_mistakes(probs: np.ndarray, labels: np.ndarray, images: torch.Tensor, paths: list[str],

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-TTA_MODES = ("none", "flip", "flip+crops")
+from ..config import TTA_MODES
 
 
 def views(x: torch.Tensor, mode: str) -> list[torch.Tensor]:

@@ -26,6 +26,7 @@ from torch import nn
 from .._version import __version__
 from ..errors import UserError
 from ..files import atomic_write, fsync_dir, public_mode, write_durable
+from .wrappers import unwrap
 
 BUNDLE_FORMAT = "picstory-bundle/1"
 WEIGHTS_FILE = "model.safetensors"
@@ -62,18 +63,6 @@ def _complete_meta(model: nn.Module, meta: dict) -> dict:
     if len(out["classes"]) != out["num_classes"]:
         raise ValueError(f"bundle meta: {len(out['classes'])} class names for num_classes={out['num_classes']}")
     return out
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The plain module inside torch.compile / DistributedDataParallel wrappers (their key prefixes would not load
-    into a freshly built model)."""
-    while True:
-        if isinstance(getattr(model, "_orig_mod", None), nn.Module):
-            model = model._orig_mod
-        elif isinstance(model, nn.parallel.DistributedDataParallel):
-            model = model.module
-        else:
-            return model
 
 
 def _state_bytes(model: nn.Module) -> bytes:

@@ -13,9 +13,9 @@ from torch import nn
 
 from ..errors import ConfigError
 from .parts import head_name
+from .wrappers import strip_prefixes
 
 WRAPPER_KEYS = ("state_dict", "model", "model_state_dict", "state_dict_ema")
-STRIP_PREFIXES = ("module.", "_orig_mod.")  # DistributedDataParallel, torch.compile
 SHOW = 5
 
 
@@ -42,17 +42,6 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         raise ConfigError(f"{path}: not a state dict of tensors (expected name → tensor, optionally under "
                           f"'state_dict' or 'model')")
     return {strip_prefixes(k): v for k, v in obj.items()}
-
-
-def strip_prefixes(key: str) -> str:
-    """A parameter name without DDP's ``module.`` / torch.compile's ``_orig_mod.`` wrapper prefixes."""
-    changed = True
-    while changed:
-        changed = False
-        for p in STRIP_PREFIXES:
-            if key.startswith(p):
-                key, changed = key[len(p):], True
-    return key
 
 
 def first_conv_name(model: nn.Module) -> str | None:

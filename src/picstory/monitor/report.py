@@ -18,7 +18,9 @@ from ..deploy.log import default_log_path, read_rows
 from ..errors import UserError
 from ..files import atomic_write
 from ..models.bundle import find_bundle, read_meta
+from ..options import MONITOR
 from ..pages.monitor_page import render_html
+from ..runs import RunDir
 
 PSI_EPS = 1e-4  # a class never seen on one side would make ln(a/e) infinite
 LEAST_CONFIDENT = 24
@@ -44,7 +46,7 @@ def drift_level(value: float) -> str:
 
 def training_distribution(home: Path, meta: dict) -> tuple[dict[str, float], str]:
     """Class counts the model was trained on (RUN/summary.json "class_counts"), else uniform over its classes."""
-    summary = home / "summary.json"
+    summary = RunDir(home).summary
     try:
         counts = json.loads(summary.read_text(encoding="utf-8")).get("class_counts")
     except (OSError, ValueError, AttributeError):
@@ -155,7 +157,7 @@ def _class_order(classes: list[str]):
 
 
 def monitor(run: str | Path, log: str | Path | None = None, out: str | Path | None = None,
-            export_relabel: str | Path | None = None, low_confidence: float = 0.6) -> dict:
+            export_relabel: str | Path | None = None, low_confidence: float = MONITOR.low_confidence) -> dict:
     """Write OUT/monitor.json and OUT/monitor.html (OUT defaults to the run directory); returns the json dict."""
     if not 0.0 < low_confidence <= 1.0:
         raise UserError(f"--low-confidence {low_confidence}: must be in (0, 1]")

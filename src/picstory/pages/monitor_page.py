@@ -2,39 +2,26 @@
 
 from __future__ import annotations
 
-import base64
 import html
 import io
 from pathlib import Path
 
 from matplotlib.figure import Figure
 
+from ..files import data_uri
+from .figures import figure_png, new_figure
+from .html import page
+
 THUMB_PX = 96
 LEVEL_COLOURS = {"stable": "#1a7f37", "moderate": "#b35900", "significant": "#c62828"}
 
-CSS = """
-body{font:14px/1.45 system-ui,-apple-system,'Segoe UI',Roboto,sans-serif;margin:0;background:#f6f7f9;color:#1f2328}
-main{max-width:1100px;margin:0 auto;padding:24px}
-h1{font-size:22px;margin:0 0 4px} h2{font-size:17px;margin:28px 0 8px}
-.muted{color:#656d76} .card{background:#fff;border:1px solid #d8dee4;border-radius:10px;padding:16px;margin:12px 0}
-.grid{display:grid;grid-template-columns:repeat(auto-fit,minmax(160px,1fr));gap:12px}
-.stat b{display:block;font-size:22px} .stat b.small{font-size:16px;line-height:2}
-.badge{color:#fff;border-radius:999px;padding:2px 10px;font-weight:600}
-img.chart{max-width:100%} table{border-collapse:collapse;width:100%} td,th{padding:6px 8px;text-align:left;
-border-bottom:1px solid #eaeef2;vertical-align:middle} img.thumb{width:64px;height:64px;object-fit:contain;
-background:#eee;border-radius:6px} code{font-size:12px}
-"""
-
-
 def _png(fig: Figure) -> str:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+    return data_uri(figure_png(fig))
 
 
 def _over_time_chart(over_time: dict) -> str:
     labels, counts = list(over_time["counts"]), list(over_time["counts"].values())
-    fig = Figure(figsize=(9, 2.8))
+    fig = new_figure(9, 2.8)
     ax = fig.subplots()
     ax.bar(range(len(counts)), counts, color="#4f6bed")
     step = max(1, len(labels) // 12)  # at most ~12 tick labels stay readable
@@ -64,7 +51,7 @@ def _distribution_chart(dist: dict) -> str:
 def _confidence_chart(conf: dict) -> str:
     hist = conf["histogram"]
     edges, counts = hist["edges"], hist["counts"]
-    fig = Figure(figsize=(9, 2.8))
+    fig = new_figure(9, 2.8)
     ax = fig.subplots()
     colours = ["#c62828" if e < conf["threshold"] else "#4f6bed" for e in edges[:-1]]
     ax.bar(edges[:-1], counts, width=edges[1] - edges[0], align="edge", color=colours, edgecolor="white")
@@ -88,7 +75,7 @@ def _thumbnail(path: str | None) -> str:
         img.save(buf, format="PNG")
     except Exception:  # a thumbnail is decoration: an unreadable stored file just shows none
         return ""
-    return f'<img class="thumb" alt="" src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}">'
+    return f'<img class="thumb" alt="" src="{data_uri(buf.getvalue())}">'
 
 
 def _when(iso: str) -> str:
@@ -118,13 +105,11 @@ def render_html(report: dict, meta: dict) -> str:
         f"({relabel['already_there']} already there, {relabel['not_stored']} not stored). Move each file to its "
         "correct class folder, then add the folder to the training data.</p>")
     mean = "—" if conf["mean"] is None else f"{conf['mean']:.1%}"
-    return f"""<!doctype html><html lang="en"><head><meta charset="utf-8">
-<meta name="viewport" content="width=device-width,initial-scale=1"><title>picstory monitor · {e(meta['arch'])}</title>
-<style>{CSS}</style></head><body><main>
+    return page(f"picstory monitor · {meta['arch']}", f"""
 <h1>Monitoring: {e(meta['arch'])}</h1>
 <div class=muted>run <code>{e(report['run'])}</code> · log <code>{e(report['log'])}</code> ·
 model sha256 <code>{e(meta['sha256'][:16])}</code></div>
-<div class="card grid">
+<div class="card stats">
 <div class=stat><b>{report['predictions']}</b>predictions</div>
 <div class=stat><b class=small>{_when(report['first'])}</b>first (UTC)</div>
 <div class=stat><b class=small>{_when(report['last'])}</b>last (UTC)</div>
@@ -148,5 +133,4 @@ model sha256 <code>{e(meta['sha256'][:16])}</code></div>
 <th>time</th><th>stored file</th></tr>
 {_least_confident_rows(report['least_confident'])}
 </table></div>
-</main></body></html>
-"""
+""", "monitor")

@@ -6,9 +6,7 @@ be mailed or archived as one file. Every string that comes from data (class name
 
 from __future__ import annotations
 
-import base64
 import csv
-import html
 import io
 from pathlib import Path
 from typing import Mapping
@@ -19,42 +17,9 @@ import yaml
 from .. import doctor
 from ..files import atomic_write
 from . import figures as plots
-
-CSS = """
-body{font:15px/1.5 system-ui,-apple-system,"Segoe UI",Roboto,"DejaVu Sans",sans-serif;color:#1d2330;
- background:#f3f5f8;margin:0}
-main{max-width:1180px;margin:0 auto;padding:24px}
-section{background:#fff;border-radius:10px;box-shadow:0 1px 3px #0002;padding:18px 22px;margin:18px 0}
-h1{margin:0 0 4px;font-size:26px;word-break:break-all}h2{margin:0 0 12px;font-size:19px}
-.meta{color:#5a6372}.hero{display:flex;gap:28px;align-items:center;flex-wrap:wrap}
-.big{font-size:52px;font-weight:700;line-height:1}.big small{display:block;font-size:13px;font-weight:400;
- color:#5a6372}
-.badge{display:inline-block;border-radius:5px;padding:1px 8px;font-size:12px;font-weight:700;color:#fff;
- text-transform:uppercase;letter-spacing:.04em}
-.problem{background:#c62828}.warning{background:#ef8f00}.info{background:#4b6fa5}
-.ready{background:#2e7d32}.notyet{background:#c62828}.none{background:#6b7280}
-.verdict .badge{font-size:15px;padding:3px 12px}
-.finding{border-left:4px solid #ccd;padding:6px 12px;margin:10px 0}
-.finding.sev-problem{border-color:#c62828}.finding.sev-warning{border-color:#ef8f00}
-.finding.sev-info{border-color:#4b6fa5}
-code,pre{font:13px/1.4 ui-monospace,"DejaVu Sans Mono",monospace;background:#eef1f5;border-radius:4px}
-code{padding:1px 5px;word-break:break-all}pre{padding:10px;overflow:auto;max-height:520px}
-.next code{display:block;padding:6px 10px;margin-top:4px}
-img.fig{max-width:100%;height:auto;display:block;margin:8px auto}img.small{max-width:560px}
-table{border-collapse:collapse;font-size:14px}th,td{padding:4px 10px;border-bottom:1px solid #e5e8ee;text-align:right}
-th:first-child,td:first-child{text-align:left}tr.weak td{background:#fdecea}th{position:sticky;top:0;background:#fff}
-.scroll{max-height:560px;overflow:auto}
-.gallery{display:grid;grid-template-columns:repeat(auto-fill,minmax(140px,1fr));gap:10px}
-.tile{border:1px solid #e5e8ee;border-radius:8px;padding:6px;font-size:12px;overflow-wrap:anywhere}
-.tile img{width:100%;aspect-ratio:1;object-fit:contain;image-rendering:pixelated;background:#f0f0f0}
-.tile .p{color:#8b0000}.tile .path{color:#8a92a0;word-break:break-all}
-dl{display:grid;grid-template-columns:max-content 1fr;gap:2px 18px;margin:0}
-dl.two{grid-template-columns:max-content 1fr max-content 1fr}dt{color:#5a6372}dd{margin:0}
-"""
-
-
-def _e(x: object) -> str:
-    return html.escape(str(x))
+from .html import e as _e
+from .html import img as _img
+from .html import page
 
 
 def per_class_rows(run: Mapping) -> list[dict]:
@@ -121,18 +86,12 @@ def write_report(run_dir: str | Path, target_accuracy: float | None = None,
     return out / "report.html"
 
 
-def _img(png: bytes, alt: str, cls: str = "fig") -> str:
-    return f'<img class="{cls}" alt="{_e(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
-
-
 def render_html(run: Mapping, diagnosis: dict, pngs: Mapping[str, bytes], rows: list[dict]) -> str:
     parts = [_header(run, diagnosis), _diagnosis(diagnosis), _curves(run, pngs), _confusion_section(run, pngs),
              _per_class(rows), _gallery(run, "mistakes"), _gallery(run, "suspects"), _data(run), _timing(run),
              _config(run)]
     title = f"picstory report — {Path(run.get('dir') or 'run').name}"
-    return (f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{_e(title)}</title>'
-            f'<meta name="viewport" content="width=device-width,initial-scale=1"><style>{CSS}</style></head>'
-            f'<body><main>{"".join(p for p in parts if p)}</main></body></html>\n')
+    return page(title, "".join(p for p in parts if p), "run-report")
 
 
 def _pct(x: object) -> str:

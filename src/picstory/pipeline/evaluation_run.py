@@ -12,17 +12,18 @@ import torch
 from ..errors import DataError, UserError
 from ..evaluation.metrics import confident_mistakes, predict_images, summarize, suspects
 from ..files import atomic_write, read_json
-from ..runs import find_run, slug
+from ..options import EVAL
+from ..runs import RunDir, find_run
 
 SUSPECT_SCAN_MAX = 20_000  # training images scanned for likely label errors (bounded time on big sets)
 
 
-def evaluate_run(run: str | Path, data: str | None = None, tta: str = "none", td=None, write_report: bool = True,
+def evaluate_run(run: str | Path, data: str | None = None, tta: str = EVAL.tta, td=None, write_report: bool = True,
                  summary: dict | None = None, device: str = "cpu", progress: bool = True) -> dict:
     from ..models.bundle import load_bundle
 
     run_dir = find_run(run)
-    model, meta = load_bundle(run_dir / "model", device=device)
+    model, meta = load_bundle(RunDir(run_dir).bundle, device=device)
     model = model.to(memory_format=torch.channels_last)
     classes = meta["classes"]
     mean, std = meta["mean"], meta["std"]
@@ -42,10 +43,10 @@ def evaluate_run(run: str | Path, data: str | None = None, tta: str = "none", td
         tprobs = predict_images(model, train.images[sel], mean, std, device=device)
         result["suspects"] = suspects(tprobs, train.labels.numpy()[sel], train.images[sel],
                                       [train.paths[i] for i in sel], classes)
-    out = run_dir / ("eval.json" if data is None else f"eval-{slug(data)}.json")
+    out = RunDir(run_dir).eval(data)
     atomic_write(out, json.dumps(result, indent=1))
     if write_report and data is None:
-        finalize_report(run_dir, summary or read_json(run_dir / "summary.json"))
+        finalize_report(run_dir, summary or read_json(RunDir(run_dir).summary))
     return result
 
 
@@ -54,7 +55,7 @@ def test_images(run: str | Path, limit: int = 64) -> torch.Tensor:
     from ..models.bundle import read_meta
 
     run_dir = find_run(run)
-    images, *_ = _load_eval_data(run_dir, read_meta(run_dir / "model"), None, progress=False, limit=limit)
+    images, *_ = _load_eval_data(run_dir, read_meta(RunDir(run_dir).bundle), None, progress=False, limit=limit)
     return images
 
 
@@ -66,7 +67,7 @@ def _load_eval_data(run_dir: Path, meta: dict, data: str | None, progress: bool,
     from ..data.split import read_manifest
     from ..training.setup import Split
 
-    cfg = yaml.safe_load((run_dir / "config.yaml").read_text()) if (run_dir / "config.yaml").is_file() else {}
+    cfg = yaml.safe_load(RunDir(run_dir).config.read_text()) if RunDir(run_dir).config.is_file() else {}
     spec = data or cfg.get("data", {}).get("data") or meta.get("data")
     dcfg = cfg.get("data", {})
     source = resolve(spec, dcfg.get("path_col", "") if not data else "", dcfg.get("label_col", "") if not data else "")
@@ -77,7 +78,7 @@ def _load_eval_data(run_dir: Path, meta: dict, data: str | None, progress: bool,
                         f"(the model knows {', '.join(classes[:10])}{'…' if len(classes) > 10 else ''})")
     train_idx: list[int] = []
     if data is None:
-        splits = read_manifest(run_dir / "split.csv", source)
+        splits = read_manifest(RunDir(run_dir).split, source)
         idx, train_idx, name = splits["test"][:limit], splits["train"] if limit is None else [], "test"
     else:
         declared = [i for i, r in enumerate(source.records) if r.split == "test"]
@@ -110,7 +111,7 @@ def finalize_report(run_dir: Path, summary: dict) -> None:
 
         summary = dict(summary)
         summary["diagnosis"] = diagnose(run_dir)
-        atomic_write(run_dir / "summary.json", json.dumps(summary, indent=1))
+        atomic_write(RunDir(run_dir).summary, json.dumps(summary, indent=1))
         write_report(run_dir)
     except Exception as e:  # noqa: BLE001 — the report is derived data; say so and keep the run
         print(f"warning: could not write the report for {run_dir}: {type(e).__name__}: {e}", file=sys.stderr)

@@ -19,7 +19,7 @@ from ..data import sources
 from ..data.split import manifest_csv, read_manifest, split_source
 from ..errors import ConfigError, UserError
 from ..files import atomic_write, read_json
-from ..runs import create_run_dir, find_run, slug
+from ..runs import RunDir, create_run_dir, find_run, slug
 from ..training import callbacks as cbs
 from ..training.checkpoint import load_checkpoint, seed_everything, set_rng_state
 from ..training.distributed import (
@@ -125,9 +125,9 @@ def _flat(cfg: C.Config) -> dict:
 
 def _resume(run: str | Path, progress: bool, command: str, callbacks: list | None) -> Run:
     run_dir = find_run(run)
-    cfg = C.load_yaml(run_dir / "config.yaml")
-    ckpt = load_checkpoint(run_dir / "checkpoints" / "last.pt")
-    summary = read_json(run_dir / "summary.json")
+    cfg = C.load_yaml(RunDir(run_dir).config)
+    ckpt = load_checkpoint(RunDir(run_dir).last_checkpoint)
+    summary = read_json(RunDir(run_dir).summary)
     if summary.get("stop_reason") and summary["stop_reason"] != "interrupted":
         raise UserError(f"{run_dir} already finished ({summary['stop_reason']}); start a new run instead")
     source = sources.resolve(cfg.data.data, cfg.data.path_col, cfg.data.label_col)
@@ -160,13 +160,13 @@ def _fit(cfg: C.Config, source: sources.Source, run_dir: Path | None, checkpoint
         run_dir = create_run_dir(cfg.run.out, name) if dist.is_main else None
         run_dir = Path(broadcast_object(dist, str(run_dir) if run_dir else None))
         if dist.is_main:
-            atomic_write(run_dir / "config.yaml", C.dump_yaml(cfg))
+            atomic_write(RunDir(run_dir).config, C.dump_yaml(cfg))
     if checkpoint is not None:
-        splits = read_manifest(run_dir / "split.csv", source)
+        splits = read_manifest(RunDir(run_dir).split, source)
     else:
         splits = split_source(source, cfg.data.val_fraction, cfg.data.test_fraction, t.seed)
         if dist.is_main:
-            atomic_write(run_dir / "split.csv", manifest_csv(source, splits))
+            atomic_write(RunDir(run_dir).split, manifest_csv(source, splits))
     td = load_train_data(cfg, source, splits, device, dist, progress)
     autocast = pick_precision(t.precision, device)
     if t.precision == "auto":
@@ -180,7 +180,7 @@ def _fit(cfg: C.Config, source: sources.Source, run_dir: Path | None, checkpoint
         t, autocast = cfg.train, pick_precision(cfg.train.precision, device)
     if dist.is_main:
         _write_env(run_dir, cfg, device, threads, autocast, source, command, dist.world_size)
-        atomic_write(run_dir / "data.json", json.dumps(td.data_summary, indent=1))
+        atomic_write(RunDir(run_dir).data, json.dumps(td.data_summary, indent=1))
     learner, model = _build_learner(cfg, td, device, autocast, dist, run_dir, progress)
     learner.callbacks += list(callbacks or [])
     if checkpoint is not None:
@@ -222,7 +222,7 @@ def _resolve_precision(cfg: C.Config, td: TrainData, device, autocast, run_dir: 
         autocast = torch.bfloat16 if remembered_bf16_choice(cfg.model.model, td.model, x) else None
     cfg = cfg.updated(precision="bf16" if autocast == torch.bfloat16 else "fp16" if autocast else "fp32")
     if run_dir is not None:
-        atomic_write(run_dir / "config.yaml", C.dump_yaml(cfg))
+        atomic_write(RunDir(run_dir).config, C.dump_yaml(cfg))
     return cfg, autocast
 
 
@@ -235,8 +235,8 @@ def _find_lr(cfg: C.Config, td: TrainData, device, autocast, run_dir: Path | Non
     print(f"lr-find suggests lr {lr}", file=sys.stderr)
     cfg = cfg.updated(lr=lr)
     if run_dir is not None:
-        atomic_write(run_dir / "lr_find.json", json.dumps(found))
-        atomic_write(run_dir / "config.yaml", C.dump_yaml(cfg))
+        atomic_write(RunDir(run_dir).lr_find, json.dumps(found))
+        atomic_write(RunDir(run_dir).config, C.dump_yaml(cfg))
     return cfg
 
 
@@ -284,7 +284,7 @@ def _build_learner(cfg: C.Config, td: TrainData, device, autocast, dist: Dist, r
 
     def save_best(L: Learner) -> None:
         best = (ema_model.module if ema_model is not None else model)
-        td.save_bundle(run_dir / "model", best, {"best_epoch": L.epoch, "val_accuracy": L.metrics["val_acc"],
+        td.save_bundle(RunDir(run_dir).bundle, best, {"best_epoch": L.epoch, "val_accuracy": L.metrics["val_acc"],
                                                   "val_loss": L.metrics["val_loss"]})
 
     callbacks.append(cbs.BestCheckpoint(save_best, t.monitor))
@@ -301,7 +301,7 @@ def _build_learner(cfg: C.Config, td: TrainData, device, autocast, dist: Dist, r
                       loss_weight=td.loss_weight, label_smoothing=t.label_smoothing, grad_clip=t.grad_clip,
                       autocast_dtype=autocast, device=device, callbacks=callbacks, eval_model=eval_model,
                       is_main=dist.is_main)
-    callbacks.append(cbs.LastCheckpoint(run_dir / "checkpoints" / "last.pt", lambda: {
+    callbacks.append(cbs.LastCheckpoint(RunDir(run_dir).last_checkpoint, lambda: {
         "classes": td.classes, "config": C.dump_yaml(cfg), "train_seconds": learner.train_seconds(),
         "world_size": dist.world_size}))
     learner.raw_model = model
@@ -326,7 +326,7 @@ def _write_env(run_dir: Path, cfg: C.Config, device, threads: int, autocast, sou
            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "seed": cfg.train.seed,
            "data_fingerprint": source.fingerprint(), "command": command or " ".join(sys.argv),
            "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
-    atomic_write(run_dir / "env.json", json.dumps(env, indent=1))
+    atomic_write(RunDir(run_dir).env, json.dumps(env, indent=1))
 
 
 def _finish(run_dir: Path, cfg: C.Config, td: TrainData, learner: Learner, train_seconds: float, device,
@@ -351,11 +351,11 @@ def _finish(run_dir: Path, cfg: C.Config, td: TrainData, learner: Learner, train
         summary["test_accuracy"] = result.get("accuracy")
     else:
         summary["test_accuracy"] = None
-    atomic_write(run_dir / "summary.json", json.dumps(summary, indent=1))
+    atomic_write(RunDir(run_dir).summary, json.dumps(summary, indent=1))
     from .evaluation_run import finalize_report
 
     finalize_report(run_dir, summary)
-    return read_json(run_dir / "summary.json") or summary
+    return read_json(RunDir(run_dir).summary) or summary
 
 
 __all__ = ["train", "prepare", "Run", "resolve_config"]

@@ -13,6 +13,7 @@ from typing import Callable
 import torch
 
 from ..files import atomic_torch_save, atomic_write
+from ..runs import RunDir
 from .checkpoint import rng_state
 from .engine import Callback, Learner, StopTraining
 
@@ -118,8 +119,8 @@ class MetricsLog(Callback):
         w.writeheader()
         for row in L.history:
             w.writerow({k: _fmt(row.get(k)) for k in METRIC_COLUMNS})
-        atomic_write(self.run_dir / "metrics.csv", buf.getvalue())
-        atomic_write(self.run_dir / "history.json", json.dumps({"confusion": self.confusion}))
+        atomic_write(RunDir(self.run_dir).metrics, buf.getvalue())
+        atomic_write(RunDir(self.run_dir).history, json.dumps({"confusion": self.confusion}))
 
 
 

@@ -28,6 +28,7 @@ import torch
 import torch.distributed as dist
 
 from ..errors import UserError
+from ..models.wrappers import plain_state_dict  # noqa: F401  (part of this module's face for DDP code)
 from .callbacks import NaNGuard
 
 DEFAULT_TIMEOUT_S = 300
@@ -143,13 +144,6 @@ def wrap_model(model: torch.nn.Module, device: torch.device, d: Dist, find_unuse
         return model
     ids = [device.index] if device.type == "cuda" else None
     return torch.nn.parallel.DistributedDataParallel(model, device_ids=ids, find_unused_parameters=find_unused)
-
-
-def plain_state_dict(state: dict) -> dict:
-    """A state dict without the DDP / torch.compile wrapper prefixes, loadable into the bare model."""
-    from ..models.weights import strip_prefixes
-
-    return {strip_prefixes(key): value for key, value in state.items()}
 
 
 class EpochNaNGuard(NaNGuard):

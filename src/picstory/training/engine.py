@@ -7,6 +7,7 @@ one screen on purpose (airbench style).
 from __future__ import annotations
 
 import contextlib
+import difflib
 import math
 import time
 from dataclasses import dataclass, field
@@ -16,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..models.wrappers import without_ddp
 from .optim import set_lr
 
 EVENTS = ("on_fit_start", "on_epoch_start", "on_batch_end", "on_validate_end", "on_epoch_end", "on_fit_end")
@@ -32,6 +34,15 @@ class StopTraining(Exception):
 class Callback:
     order = 0  # lower runs first at every event
     state_keys: tuple[str, ...] = ()  # attributes saved in checkpoints/last.pt for a bit-identical resume
+
+    def __init_subclass__(cls, **kwargs):
+        """A misspelt hook (``on_epoch_ends``) would never run: refuse it when the class is defined."""
+        super().__init_subclass__(**kwargs)
+        unknown = [name for name in vars(cls) if name.startswith("on_") and name not in EVENTS]
+        if unknown:
+            hint = {n: difflib.get_close_matches(n, EVENTS, 1) for n in unknown}
+            raise TypeError(f"{cls.__name__}: {', '.join(unknown)} is not a training event; events are "
+                            f"{', '.join(EVENTS)}" + "".join(f" (did you mean {h[0]}?)" for h in hint.values() if h))
 
     def state_dict(self) -> dict:
         return {k: getattr(self, k) for k in self.state_keys}
@@ -141,7 +152,9 @@ class Learner:
 
     @torch.inference_mode()
     def validate(self) -> dict:
-        model = self.eval_model or _without_ddp(self.model)
+        # not through DDP: it would sync buffers in every forward, a collective the ranks' uneven validation shards
+        # (one batch more on some) cannot match
+        model = self.eval_model or without_ddp(self.model)
         model.eval()
         _broadcast_buffers(model)
         k = self.num_classes
@@ -177,13 +190,6 @@ def _all_reduce(t: torch.Tensor) -> torch.Tensor:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.all_reduce(t)
     return t
-
-
-def _without_ddp(model: nn.Module) -> nn.Module:
-    """The module inside DistributedDataParallel, for evaluation: DDP would sync buffers in every forward, a
-    collective the ranks' uneven validation shards (one batch more on some) cannot match."""
-    inner = getattr(model, "_orig_mod", model)  # torch.compile(DDP(model))
-    return inner.module if isinstance(inner, nn.parallel.DistributedDataParallel) else model
 
 
 def _broadcast_buffers(model: nn.Module) -> None:

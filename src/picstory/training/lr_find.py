@@ -9,18 +9,17 @@ a run given the found LR by hand would. ``picstory lr-find`` (pipeline/lr_find_r
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import math
 import time
 
 import torch
-import torch.nn.functional as F
 
 from .. import config as C
 from ..models import backbone_parameters
 from .checkpoint import rng_state, set_rng_state
-from .optim import build_optimizer, param_groups, set_lr
+from .engine import Callback, Learner, StopTraining
+from .optim import build_optimizer, param_groups
 
 START_LR, END_LR, STEPS = 1e-7, 10.0, 100
 BETA = 0.98  # loss smoothing, as fastai
@@ -90,44 +89,55 @@ def suggest_lr(cfg: C.Config, td, device: torch.device, autocast, steps: int = S
     return found
 
 
+class RangeTest(Callback):
+    """Records the smoothed loss after every step of an exponentially growing LR and stops the fit once the loss
+    explodes or ``steps`` are done — the range test runs through the real fit loop, not a copy of its step."""
+
+    def __init__(self, steps: int):
+        self.steps, self.lrs, self.losses = steps, [], []
+        self.avg, self.best = 0.0, math.inf
+
+    def on_batch_end(self, learner: Learner) -> None:
+        value, lr = float(learner.batch_loss), learner.current_lr
+        if not math.isfinite(value):
+            raise StopTraining(f"loss not finite at lr {lr:.2g}")
+        self.avg = BETA * self.avg + (1 - BETA) * value
+        smooth = self.avg / (1 - BETA ** (len(self.losses) + 1))
+        self.lrs.append(lr)
+        self.losses.append(smooth)
+        self.best = min(self.best, smooth)
+        if smooth > DIVERGE * self.best:
+            raise StopTraining(f"loss above {DIVERGE:g}× its minimum at lr {lr:.2g}")
+        if len(self.lrs) >= self.steps:
+            raise StopTraining(f"reached lr {lr:.2g}")
+
+
+class _NoValidation:
+    """The range test needs no validation between its passes over a small training set."""
+
+    size = 0
+
+    def __iter__(self):
+        return iter(())
+
+
 def _range_test(cfg: C.Config, td, device, autocast, steps: int, start_lr: float,
                 end_lr: float) -> tuple[list[float], list[float], str]:
     t = cfg.train
     model = copy.deepcopy(td.model).train()
     backbone = backbone_parameters(model) if td.pretrained else None
     groups = param_groups(model, t.weight_decay, backbone, cfg.model.backbone_lr_mult if td.pretrained else 1.0)
-    opt = build_optimizer(t.optimizer, groups, start_lr, t.momentum, t.nesterov)
-    lrs: list[float] = []
-    losses: list[float] = []
-    avg, best, epoch = 0.0, math.inf, 0
-    while True:
-        td.train_batches.set_epoch(epoch)  # more than one pass over a small training set, as fastai does
-        for x, y in td.train_batches:
-            step = len(lrs)
-            lr = lr_schedule(step, steps, start_lr, end_lr)
-            set_lr(opt, lr)
-            ctx = torch.autocast(device.type, dtype=autocast) if autocast is not None else contextlib.nullcontext()
-            with ctx:
-                logits = model(x)
-            loss = F.cross_entropy(logits.float(), y, weight=td.loss_weight, label_smoothing=t.label_smoothing)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if t.grad_clip > 0:  # the test must see the optimiser training will use, clipping included
-                torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
-            opt.step()
-            value = float(loss.detach())
-            if not math.isfinite(value):
-                return lrs, losses, f"loss not finite at lr {lr:.2g}"
-            avg = BETA * avg + (1 - BETA) * value
-            smooth = avg / (1 - BETA ** (step + 1))
-            lrs.append(lr)
-            losses.append(smooth)
-            best = min(best, smooth)
-            if smooth > DIVERGE * best:
-                return lrs, losses, f"loss above {DIVERGE:g}× its minimum at lr {lr:.2g}"
-            if len(lrs) >= steps:
-                return lrs, losses, f"reached lr {lr:.2g}"
-        epoch += 1
+    recorder = RangeTest(steps)
+    learner = Learner(
+        model=model, optimizer=build_optimizer(t.optimizer, groups, start_lr, t.momentum, t.nesterov),
+        train_batches=td.train_batches, val_batches=_NoValidation(), lr=1.0,
+        schedule=lambda step: lr_schedule(step, steps, start_lr, end_lr),
+        epochs=10**9,  # as many passes as the steps need (a small training set is seen more than once, as fastai)
+        num_classes=len(td.classes), loss_weight=td.loss_weight, label_smoothing=t.label_smoothing,
+        grad_clip=t.grad_clip,  # the test must see the optimiser training will use, clipping included
+        autocast_dtype=autocast, device=device, callbacks=[recorder])
+    learner.fit()
+    return recorder.lrs, recorder.losses, learner.stop_reason
 
 
-__all__ = ["suggest_lr", "suggest", "valley", "steepest", "lr_schedule"]
+__all__ = ["suggest_lr", "RangeTest", "suggest", "valley", "steepest", "lr_schedule"]

@@ -12,10 +12,8 @@ from typing import Callable
 import torch
 from torch import nn
 
+from ..config import OPTIMIZERS, SCHEDULES
 from ..errors import ConfigError
-
-OPTIMIZERS = ("sgd", "sgd-momentum", "adam", "adamw", "adamax", "rmsprop", "adagrad")
-SCHEDULES = ("constant", "step", "cosine", "onecycle", "linear", "plateau")
 
 
 def param_groups(model: nn.Module, weight_decay: float, backbone: list[nn.Parameter] | None = None,

@@ -1,0 +1,94 @@
+"""The options of every command besides train, declared once for the CLI and the Python API.
+
+Each command's flags are generated from its dataclass here (``top_k`` → ``--top-k``), and the library functions take
+their defaults from the same instances, so a default cannot differ between ``picstory predict`` and
+``picstory.load(...).predict``. The vocabularies (optimizers, schedules, TTA modes, fits, …) live
+in config.py; tests/test_options.py checks that the registries and those names agree.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+from .config import BACKENDS, EXPORT_FORMATS, TABLE_FORMATS, TTA_MODES, opt
+
+
+@dataclass(frozen=True)
+class DataCheckOptions:
+    out: str | None = opt(None, "report folder (default: data-check/NAME)")
+    path_col: str = opt("", "CSV column with image paths")
+    label_col: str = opt("", "CSV column with labels")
+    max_bad_fraction: float = opt(0.05, "unusable above this share of bad files", min=0.0, max=1.0)
+
+
+@dataclass(frozen=True)
+class EvalOptions:
+    tta: str = opt("none", "test-time augmentation", choices=TTA_MODES)
+
+
+@dataclass(frozen=True)
+class PredictOptions:
+    top_k: int = opt(5, "labels shown per image", min=1)
+    format: str = opt("table", "output format", choices=TABLE_FORMATS)
+    tta: str = opt("none", "test-time augmentation", choices=TTA_MODES)
+    backend: str = opt("torch", "inference engine", choices=BACKENDS)
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    format: str = opt("onnx", "file format", choices=EXPORT_FORMATS)
+    opset: int = opt(17, "ONNX opset", min=7)
+    dynamic_batch: bool = opt(True, "accept any batch size (off: the batch of the example only)")
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    host: str = opt("127.0.0.1", "bind address (127.0.0.1: this machine only)")
+    port: int = opt(8000, "TCP port", min=0, max=65535)
+    backend: str = opt("torch", "inference engine", choices=BACKENDS)
+    workers: int = opt(1, "server processes", min=1)
+    log: str | None = opt(None, "prediction log (SQLite; default RUN/predictions.sqlite)")
+    store_inputs: str | None = opt(None, "keep every input image in this folder")
+    max_body_mb: float = opt(10.0, "largest request body in MB (→ 413)", min=0.0)
+    max_pixels: int = opt(40_000_000, "largest image in pixels (→ 413)", min=1)
+    store_cap_mb: float | None = opt(None, "size cap of --store-inputs in MB (the oldest go)")
+    device: str = opt("cpu", "device", choices=("cpu", "cuda"))
+
+
+@dataclass(frozen=True)
+class SweepOptions:
+    grid: list = opt([], "a config key and its values (KEY=V1,V2); repeat for more axes, or a YAML grid file")
+    repeats: int = opt(1, "seeds per cell", min=1)
+    jobs: int = opt(1, "cells trained at once (threads are split)", min=1)
+
+
+@dataclass(frozen=True)
+class RunsOptions:
+    sort: str = opt("", "column to sort by (e.g. test)")
+    format: str = opt("table", "output format", choices=TABLE_FORMATS)
+
+
+@dataclass(frozen=True)
+class MonitorOptions:
+    log: str | None = opt(None, "prediction log (default: the run's predictions.sqlite)")
+    out: str | None = opt(None, "report folder (default: the run directory)")
+    export_relabel: str | None = opt(None, "copy the low-confidence inputs here for relabelling")
+    low_confidence: float = opt(0.6, "a prediction below this probability counts as low-confidence", min=0.0,
+                                max=1.0)
+
+
+@dataclass(frozen=True)
+class DoctorOptions:
+    target_accuracy: float | None = opt(None, "the accuracy the model must reach (default: from the data)")
+    class_recall: float | None = opt(None, "the recall every class must reach")
+    export_relabel: str | None = opt(None, "copy the images worth a second look here")
+    format: str = opt("text", "output format", choices=("text", "json"))
+
+
+PREDICT, EXPORT, SERVE, EVAL = PredictOptions(), ExportOptions(), ServeOptions(), EvalOptions()
+MONITOR, DOCTOR, DATA_CHECK = MonitorOptions(), DoctorOptions(), DataCheckOptions()
+
+
+def values(cls: type, args) -> dict:
+    """The dataclass's fields read from a parsed command line."""
+    return {f.name: getattr(args, f.name) for f in fields(cls)}
