@@ -7,7 +7,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import UserError
+from .errors import DataError, UserError
 from .files import read_json
 
 
@@ -40,6 +40,19 @@ class RunDir:
         return read_json(self.summary)
 
 
+RUN_MARKER = ".picstory-run"  # in every run directory: a data scan skips the folder, so runs are never learned
+
+
+def refuse_inside(out: str | Path, data_root: Path | None, what: str = "--out") -> None:
+    """Nothing picstory writes may land inside the data set: the next scan would learn a class "runs"."""
+    if data_root is None:
+        return
+    out, root = Path(out).expanduser().resolve(), Path(data_root).resolve()
+    if out == root or root in out.parents:
+        raise DataError(f"{what} {out} is inside the data folder {root}; picstory never writes into the data, "
+                        "choose a folder outside it")
+
+
 def slug(text: str) -> str:
     text = re.sub(r"^builtin:", "", text.strip().rstrip("/\\"))
     text = Path(text).stem if ("/" in text or "\\" in text or "." in text) else text
@@ -60,6 +73,7 @@ def create_run_dir(out: str | Path, name: str) -> Path:
         path = out / (name if i == 1 else f"{name}-{i}")
         try:
             path.mkdir()
+            (path / RUN_MARKER).write_text("a picstory run directory; data scans skip this folder\n")
             return path
         except FileExistsError:
             continue

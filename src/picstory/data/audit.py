@@ -22,6 +22,7 @@ from ..config import plural
 from ..device import cores
 from ..errors import DataError
 from ..options import DATA_CHECK
+from ..runs import refuse_inside
 from .decode import DecodeError, decode_image, probe
 from .sources import Source, resolve
 
@@ -91,12 +92,7 @@ def audit(spec: str, out: str | Path | None = None, path_col: str = "", label_co
 
 
 def _refuse_inside(out: Path, source: Source) -> None:
-    if source.root is None:
-        return
-    out, root = out.expanduser().resolve(), source.root.resolve()
-    if out == root or root in out.parents:
-        raise DataError(f"--out {out} is inside the data folder {root}; data check never writes into the data, "
-                        "choose a folder outside it")
+    refuse_inside(out, source.root)
 
 
 # ---- looking at every image ------------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 
 from ..errors import DataError
+from ..runs import RUN_MARKER
 from .builtin import load_builtin
 from .idx import find_idx, from_idx, read_idx  # noqa: F401  (read_idx: part of this module's public face)
 from .records import IGNORED_NAMES, IMAGE_EXTS, SPLIT_NAMES, Record, Source  # noqa: F401
@@ -53,7 +54,7 @@ def _walk_images(root: Path, boundary: Path | None = None) -> tuple[list[Path], 
         real = os.path.realpath(dirpath)
         inside_root = real == root_real or real.startswith(root_real + os.sep)
         inside_fence = fence is not None and (real == fence or real.startswith(fence + os.sep))
-        if real in seen or (inside_fence and not inside_root):
+        if real in seen or (inside_fence and not inside_root) or _is_picstory_dir(dirpath):
             dirnames[:] = []
             continue
         seen.add(real)
@@ -67,7 +68,20 @@ def _walk_images(root: Path, boundary: Path | None = None) -> tuple[list[Path], 
 
 
 def _subdirs(path: Path) -> list[Path]:
-    return sorted(p for p in path.iterdir() if p.is_dir() and not _is_ignored(p.name))
+    return sorted(p for p in path.iterdir() if p.is_dir() and not _is_ignored(p.name) and not _is_picstory_dir(p))
+
+
+def _is_picstory_dir(path: str | Path) -> bool:
+    """A run directory (or a folder of them) met inside a data folder is picstory's output, never a class."""
+    path = Path(path)
+    return (path / RUN_MARKER).is_file() or any((p / RUN_MARKER).is_file() for p in _children(path))
+
+
+def _children(path: Path) -> list[Path]:
+    try:
+        return [p for p in path.iterdir() if p.is_dir()]
+    except OSError:
+        return []
 
 
 def _from_folder(root: Path) -> Source:

@@ -176,9 +176,11 @@ def read_weights(directory: str | Path, meta: dict) -> dict[str, torch.Tensor]:
 def build_model(meta: dict) -> nn.Module:
     """An untrained model of the bundle's architecture (no weights are downloaded)."""
     from . import create_model
+    from .registry import check_model_kwargs
 
+    kwargs = check_model_kwargs(meta.get("model_kwargs") or {}, META_FILE)
     return create_model(meta["arch"], meta["num_classes"], meta["in_chans"], pretrained=False,
-                        img_size=meta["img_size"], **meta.get("model_kwargs", {}))
+                        img_size=meta["img_size"], **kwargs)
 
 
 def _load_state(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:

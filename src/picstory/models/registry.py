@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+import math
+import re
 from dataclasses import dataclass
 from typing import Callable
 
@@ -104,6 +106,30 @@ def _create_timm(name: str, num_classes: int, in_chans: int, img_size: int, drop
     return model, info
 
 
+# What a bundle's model.json (or any other file) may pass to a model constructor: architecture hyper-parameters of
+# plain JSON types. Anything else — timm's checkpoint_path, pretrained_cfg(_overlay), file names — could make the
+# constructor load (and unpickle) a file the bundle names, so a bundle stays data, never code.
+SAFE_MODEL_KWARGS = {"drop_rate": float, "drop_path_rate": float, "drop_block_rate": float, "attn_drop_rate": float,
+                     "proj_drop_rate": float, "img_size": int, "global_pool": str}
+_SAFE_WORD = re.compile(r"^[a-z]{0,16}$")
+
+
+def check_model_kwargs(kwargs: dict, where: str) -> dict:
+    """``kwargs`` when every key is a known hyper-parameter with a plain value; ConfigError naming ``where``."""
+    if not isinstance(kwargs, dict):
+        raise ConfigError(f"{where}: model_kwargs must be a mapping, got {type(kwargs).__name__}")
+    for key, value in kwargs.items():
+        kind = SAFE_MODEL_KWARGS.get(key)
+        if kind is None:
+            raise ConfigError(f"{where}: model_kwargs key {key!r} is not allowed (a bundle may set only "
+                              f"{', '.join(sorted(SAFE_MODEL_KWARGS))}); the file was not loaded")
+        ok = (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+              if kind in (int, float) else isinstance(value, str) and bool(_SAFE_WORD.match(value)))
+        if not ok or (kind is int and not float(value).is_integer()):
+            raise ConfigError(f"{where}: model_kwargs {key}={value!r} is not a plain {kind.__name__}")
+    return dict(kwargs)
+
+
 def create_model(name: str, num_classes: int, in_chans: int = 3, pretrained: bool = False, img_size: int = 224,
                  drop_rate: float = 0.0, **kwargs) -> nn.Module:
     """A model by picstory registry name, else any timm architecture; unknown names suggest close matches.
@@ -111,6 +137,7 @@ def create_model(name: str, num_classes: int, in_chans: int = 3, pretrained: boo
     ``pretrained=True`` loads offline weights (see :func:`has_pretrained`); the classifier is re-initialised
     when ``num_classes`` differs from the weights, and a 1-channel input sums the RGB filters of the first conv.
     """
+    kwargs = check_model_kwargs(kwargs, f"model '{name}'")
     if num_classes < 1:
         raise ConfigError(f"model '{name}': num_classes must be ≥ 1, got {num_classes}")
     if in_chans < 1:

@@ -19,7 +19,7 @@ from ..data import sources
 from ..data.split import manifest_csv, read_manifest, split_source
 from ..errors import ConfigError, UserError
 from ..files import atomic_write, read_json
-from ..runs import RunDir, create_run_dir, find_run, slug
+from ..runs import RunDir, create_run_dir, find_run, refuse_inside, slug
 from ..training import callbacks as cbs
 from ..training.checkpoint import load_checkpoint, seed_everything, set_rng_state
 from ..training.distributed import (
@@ -115,6 +115,8 @@ def train(data: str | None = None, *, config: str | Path | C.Config | None = Non
     C.from_dict(user)  # fail on a bad key before touching the data
     source = sources.resolve(user["data"], user.get("path_col", ""), user.get("label_col", ""))
     cfg = resolve_config(user, source)
+    if source.kind in ("folder", "filenames"):
+        refuse_inside(cfg.run.out, source.root)
     return _fit(cfg, source, run_dir=None, checkpoint=None, progress=progress, command=command,
                 callbacks=callbacks)
 

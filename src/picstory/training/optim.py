@@ -55,10 +55,15 @@ def build_optimizer(name: str, groups: list[dict], lr: float, momentum: float = 
     raise ConfigError(f"unknown optimizer '{name}' (choose from {', '.join(OPTIMIZERS)})")
 
 
+MAX_WARMUP_SHARE = 0.2
+
+
 def make_schedule(name: str, total_steps: int, warmup_steps: int = 0) -> Callable[[int], float]:
     """LR factor in [0, 1] for step 0 … total_steps-1."""
     total = max(1, total_steps)
-    warm = min(max(0, warmup_steps), total - 1)
+    # warm-up takes at most a fifth of the run: on a short run (--epochs 2) a preset's warm-up of several epochs would
+    # otherwise span the whole run and the LR would end at its peak instead of decaying
+    warm = min(max(0, warmup_steps), int(MAX_WARMUP_SHARE * total))
 
     def warmup(step: int) -> float | None:
         return (step + 1) / (warm + 1) if step < warm else None

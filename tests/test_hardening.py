@@ -1,0 +1,108 @@
+"""Faults a careful adversarial user finds: a hostile bundle, a run written into the data, --epochs 0, short-run
+schedules, label files that point outside the data set. Each test failed before its fix."""
+
+import json
+import pickle
+
+import pytest
+import torch
+
+from picstory.deploy.predict import load
+from picstory.errors import ConfigError, UserError
+from picstory.models import create_model
+from picstory.models.bundle import save_bundle
+from picstory.training.optim import make_schedule
+
+torch.set_num_threads(1)
+
+
+class Payload:
+    """Unpickling this writes a marker file: proof that a pickle ran."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def _bundle(tmp_path, arch="resnet18"):
+    model = create_model(arch, 2, 3, img_size=32).eval()
+    meta = {"arch": arch, "model_kwargs": {"drop_rate": 0.1}, "num_classes": 2, "classes": ["a", "b"],
+            "in_chans": 3, "img_size": 32, "fit": "crop", "mean": [0.5] * 3, "std": [0.25] * 3}
+    return save_bundle(tmp_path / "bundle", model, meta)
+
+
+@pytest.mark.parametrize("key", ["checkpoint_path", "pretrained_cfg_overlay", "pretrained_cfg", "pretrained"])
+def test_a_hostile_bundle_is_refused_and_runs_no_pickle(tmp_path, key):
+    bundle = _bundle(tmp_path)
+    marker = tmp_path / "pwned"
+    payload = tmp_path / "evil.pth"
+    payload.write_bytes(pickle.dumps({"state_dict": Payload(str(marker))}))
+    meta = json.loads((bundle / "model.json").read_text())
+    meta["model_kwargs"][key] = (str(payload) if key == "checkpoint_path" else
+                                 {"file": str(payload)} if key != "pretrained" else True)
+    (bundle / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(ConfigError, match=f"model_kwargs key '{key}' is not allowed"):
+        load(bundle)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("value", ["/etc/passwd", "../x", [1], {"a": 1}, float("nan"), True, 1.5])
+def test_bundle_model_kwargs_values_must_be_plain(tmp_path, value):
+    bundle = _bundle(tmp_path)
+    meta = json.loads((bundle / "model.json").read_text())
+    meta["model_kwargs"] = {"global_pool" if isinstance(value, str) else "img_size": value}
+    (bundle / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(UserError, match="model_kwargs"):
+        load(bundle)
+
+
+def test_an_honest_bundle_still_loads(tmp_path):
+    assert load(_bundle(tmp_path)).meta["model_kwargs"] == {"drop_rate": 0.1}
+
+
+@pytest.mark.parametrize("epochs", [1, 2, 3, 10])
+@pytest.mark.parametrize("name", ["cosine", "linear", "onecycle"])
+def test_a_short_run_still_decays_to_the_schedules_floor(name, epochs):
+    steps_per_epoch = 4
+    total = epochs * steps_per_epoch
+    factor = make_schedule(name, total, warmup_steps=3 * steps_per_epoch)  # a warm-up longer than the run
+    last, plain_last = factor(total - 1), make_schedule(name, total)(total - 1)
+    assert last <= 0.3 and last <= plain_last + 0.1, f"{name}, {epochs} epochs: last step at {last:.2f} of the peak"
+    assert max(factor(s) for s in range(total)) > 0.5
+
+
+def _folder(root, n=6):
+    import numpy as np
+    from PIL import Image
+
+    for c, v in (("cat", 40), ("dog", 200)):
+        (root / c).mkdir(parents=True)
+        for i in range(n):
+            Image.fromarray(np.full((8, 8, 3), v + i, np.uint8)).save(root / c / f"{i}.png")
+    return root
+
+
+def test_a_run_is_never_written_into_the_data(tmp_path, monkeypatch):
+    from picstory.errors import DataError
+    from picstory.pipeline import train
+
+    data = _folder(tmp_path / "photos")
+    monkeypatch.chdir(data)  # `picstory train .` inside the data folder: runs/ would land in the data
+    with pytest.raises(DataError, match="--out .* is inside the data folder"):
+        train(".", epochs=1, progress=False)
+    with pytest.raises(DataError, match="inside the data folder"):
+        train(str(data), out=str(data / "cat" / "runs"), epochs=1, progress=False)
+    assert sorted(p.name for p in data.iterdir()) == ["cat", "dog"]
+
+
+def test_run_folders_met_in_a_data_folder_are_skipped(tmp_path):
+    from picstory.data.sources import resolve
+    from picstory.runs import create_run_dir
+
+    data = _folder(tmp_path / "photos")
+    run = create_run_dir(data / "runs", "old")  # e.g. written by an older version
+    (run / "curves.png").write_bytes((data / "cat" / "0.png").read_bytes())
+    source = resolve(str(data))
+    assert source.classes == ["cat", "dog"] and len(source.records) == 12
