@@ -106,3 +106,31 @@ def test_run_folders_met_in_a_data_folder_are_skipped(tmp_path):
     (run / "curves.png").write_bytes((data / "cat" / "0.png").read_bytes())
     source = resolve(str(data))
     assert source.classes == ["cat", "dog"] and len(source.records) == 12
+
+
+def test_epochs_0_means_the_presets_choice(tmp_path):
+    from picstory.data.sources import resolve
+    from picstory.pipeline.training_run import resolve_config
+    from picstory.training.presets import preset_values
+
+    source = resolve(str(_folder(tmp_path / "photos")))
+    cfg = resolve_config({"data": str(tmp_path / "photos"), "epochs": 0, "img_size": 8}, source)
+    assert cfg.train.epochs == preset_values("default", 8)["epochs"] > 0
+    assert resolve_config({"data": "x", "epochs": "3", "img_size": 8}, source).train.epochs == 3
+
+
+def test_label_file_rows_that_leave_the_data_set_are_refused(tmp_path):
+    from picstory.data.sources import resolve
+
+    data = _folder(tmp_path / "set" / "images")
+    secret = tmp_path / "secret.png"
+    secret.write_bytes((data / "cat" / "0.png").read_bytes())
+    rows = ["path,label", "images/cat/0.png,cat", "images/dog/0.png,dog", "../secret.png,cat", f"{secret},dog",
+            "../missing.png,cat"]
+    (tmp_path / "set" / "labels.csv").write_text("\n".join(rows) + "\n")
+    source = resolve(str(tmp_path / "set" / "labels.csv"))
+    assert len(source.records) == 2
+    reasons = [reason for _, reason in source.problems]
+    assert len(reasons) == 3 and all("leaves" in r and "--allow-outside" in r for r in reasons)
+    assert not any("missing file" in r for r in reasons)  # nothing says which outside files exist
+    assert len(resolve(str(tmp_path / "set" / "labels.csv"), allow_outside=True).records) == 4

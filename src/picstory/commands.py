@@ -30,7 +30,7 @@ def cmd_data(args: argparse.Namespace, argv: list[str]) -> int:
 
     out = Path(args.out or Path("data-check") / slug(args.data))
     report = check(args.data, out, path_col=args.path_col, label_col=args.label_col,
-                   max_bad_fraction=args.max_bad_fraction)
+                   max_bad_fraction=args.max_bad_fraction, allow_outside=args.allow_outside)
     print(f"{report['total']} images, {len(report['classes'])} classes, {len(report['bad_files'])} bad files, "
           f"{len(report['duplicates'])} duplicate groups, {len(report['leaks'])} cross-split leaks")
     for w in report.get("warnings", []):

@@ -48,6 +48,7 @@ class DataConfig:
     test_fraction: float = opt(0.1, "share held out for testing when the data has no test split", min=0.0, max=0.5)
     path_col: str = opt("", "CSV column with image paths (auto-detected when empty)")
     label_col: str = opt("", "CSV column with labels (auto-detected when empty)")
+    allow_outside: bool = opt(False, "use label-file rows whose path leaves the label file's folder (../, absolute)")
     max_bad_fraction: float = opt(0.05, "stop before training when more than this share of files cannot be decoded",
                                   min=0.0, max=1.0)
     limit_per_class: int = opt(0, "use at most this many training images per class (0 = all)", min=0)

@@ -18,6 +18,7 @@ class DataCheckOptions:
     out: str | None = opt(None, "report folder (default: data-check/NAME)")
     path_col: str = opt("", "CSV column with image paths")
     label_col: str = opt("", "CSV column with labels")
+    allow_outside: bool = opt(False, "use label-file rows whose path leaves the label file's folder")
     max_bad_fraction: float = opt(0.05, "unusable above this share of bad files", min=0.0, max=1.0)
 
 

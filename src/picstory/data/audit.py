@@ -71,12 +71,12 @@ class Audit:
 
 def audit(spec: str, out: str | Path | None = None, path_col: str = "", label_col: str = "",
           max_bad_fraction: float = DATA_CHECK.max_bad_fraction, workers: int = 0,
-          progress: bool = True) -> tuple[Audit, dict]:
+          progress: bool = True, allow_outside: bool = False) -> tuple[Audit, dict]:
     """Look at every image of ``spec``: the findings (for the page) and the report (report.json). ``out``, where
     the report will go, is refused when it lies inside the data."""
     extra: list[str] = []
     try:
-        source = resolve(spec, path_col, label_col)
+        source = resolve(spec, path_col, label_col, allow_outside)
     except DataError as e:
         if not Path(spec).expanduser().is_dir():  # a wrong path or CSV option is a mistake, not a finding
             raise

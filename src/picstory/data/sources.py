@@ -17,7 +17,7 @@ PATH_COLS = ("path", "filepath", "file_path", "image_path", "file", "filename", 
 LABEL_COLS = ("label", "class", "category", "target", "class_name", "y", "labels")
 
 
-def resolve(spec: str, path_col: str = "", label_col: str = "") -> Source:
+def resolve(spec: str, path_col: str = "", label_col: str = "", allow_outside: bool = False) -> Source:
     """Turn a DATA spec (see DESIGN.md) into a Source; raises DataError naming the spec and what to do."""
     spec = str(spec)
     if spec.startswith("builtin:"):
@@ -28,7 +28,7 @@ def resolve(spec: str, path_col: str = "", label_col: str = "") -> Source:
                         "or builtin:fashion-mnist / builtin:digits)")
     if path.is_file():
         if path.suffix.lower() in (".csv", ".tsv"):
-            return _from_csv(path, path_col, label_col)
+            return _from_csv(path, path_col, label_col, allow_outside)
         raise DataError(f"{spec}: a single file is not a data set; give a folder or a CSV with path and label "
                         "columns")
     path = path.resolve()
@@ -159,7 +159,7 @@ def _file_name_labels(root: Path, split: str | None) -> tuple[list[Record], int,
     return records, ignored, problems
 
 
-def _from_csv(path: Path, path_col: str, label_col: str) -> Source:
+def _from_csv(path: Path, path_col: str, label_col: str, allow_outside: bool = False) -> Source:
     try:
         text = path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as e:
@@ -171,6 +171,7 @@ def _from_csv(path: Path, path_col: str, label_col: str) -> Source:
     lcol = _pick_column(path, columns, label_col, LABEL_COLS, "label", "--label-col")
     scol = next((c for c in columns if c.strip().lower() == "split"), None)
     records, problems = [], []
+    base = path.parent.resolve()
     for i, row in enumerate(rows, start=2):
         rel, label = (row.get(pcol) or "").strip(), (row.get(lcol) or "").strip()
         if not rel:
@@ -180,6 +181,10 @@ def _from_csv(path: Path, path_col: str, label_col: str) -> Source:
             problems.append((f"{path}:{i}", f"empty '{lcol}' for {rel}"))
             continue
         file = (path.parent / rel).resolve()
+        if not allow_outside and not file.is_relative_to(base):
+            # not used and not looked at: the report must not reveal which files exist outside the data set
+            problems.append((f"{path}:{i}", f"path {rel} leaves {base}; pass --allow-outside to use such rows"))
+            continue
         if not file.is_file():
             problems.append((str(file), f"missing file (row {i} of {path.name})"))
             continue

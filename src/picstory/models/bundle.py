@@ -26,6 +26,7 @@ from torch import nn
 from .._version import __version__
 from ..errors import UserError
 from ..files import atomic_write, fsync_dir, public_mode, write_durable
+from .registry import check_model_kwargs
 from .wrappers import unwrap
 
 BUNDLE_FORMAT = "picstory-bundle/1"
@@ -176,7 +177,6 @@ def read_weights(directory: str | Path, meta: dict) -> dict[str, torch.Tensor]:
 def build_model(meta: dict) -> nn.Module:
     """An untrained model of the bundle's architecture (no weights are downloaded)."""
     from . import create_model
-    from .registry import check_model_kwargs
 
     kwargs = check_model_kwargs(meta.get("model_kwargs") or {}, META_FILE)
     return create_model(meta["arch"], meta["num_classes"], meta["in_chans"], pretrained=False,
@@ -199,6 +199,7 @@ def load_bundle(directory: str | Path, device: str = "cpu") -> tuple[nn.Module, 
     """Rebuild the model from a bundle (or a run directory), load verified weights, eval mode on ``device``."""
     directory = find_bundle(directory)
     meta = read_meta(directory)
+    check_model_kwargs(meta.get("model_kwargs") or {}, str(directory / META_FILE))  # before any file is read
     state = read_weights(directory, meta)
     model = build_model(meta)
     try:

@@ -12,9 +12,10 @@ from ..pages.data_check import render_html
 
 
 def check(spec: str, out: str | Path | None = None, path_col: str = "", label_col: str = "",
-          max_bad_fraction: float = DATA_CHECK.max_bad_fraction, workers: int = 0, progress: bool = True) -> dict:
+          max_bad_fraction: float = DATA_CHECK.max_bad_fraction, workers: int = 0, progress: bool = True,
+          allow_outside: bool = False) -> dict:
     """Audit the data set ``spec``; returns the report and writes report.json / report.html into ``out``."""
-    found, report = audit(spec, out, path_col, label_col, max_bad_fraction, workers, progress)
+    found, report = audit(spec, out, path_col, label_col, max_bad_fraction, workers, progress, allow_outside)
     if out is not None:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)

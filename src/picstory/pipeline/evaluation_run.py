@@ -70,7 +70,8 @@ def _load_eval_data(run_dir: Path, meta: dict, data: str | None, progress: bool,
     cfg = yaml.safe_load(RunDir(run_dir).config.read_text()) if RunDir(run_dir).config.is_file() else {}
     spec = data or cfg.get("data", {}).get("data") or meta.get("data")
     dcfg = cfg.get("data", {})
-    source = resolve(spec, dcfg.get("path_col", "") if not data else "", dcfg.get("label_col", "") if not data else "")
+    source = resolve(spec, dcfg.get("path_col", "") if not data else "", dcfg.get("label_col", "") if not data else "",
+                     bool(dcfg.get("allow_outside")) if not data else False)
     classes = meta["classes"]
     unknown = sorted(set(source.classes) - set(classes))
     if unknown:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import yaml
 
 from .. import config as C
 from .._version import __version__
@@ -65,6 +66,8 @@ def resolve_config(user: dict, source: sources.Source) -> C.Config:
         values["channels"] = str(detect_channels(source))
     if user.get("lr") == "preset":
         user = {k: v for k, v in user.items() if k != "lr"}
+    if "epochs" in user and C.coerce("epochs", user["epochs"]) == 0:  # documented as "0 = the preset's choice"
+        user = {k: v for k, v in user.items() if k != "epochs"}
     resolved = C.from_dict({**values, **user})
     model = resolved.model.model
     if model == "auto":
@@ -113,7 +116,8 @@ def train(data: str | None = None, *, config: str | Path | C.Config | None = Non
     if not user.get("data"):
         raise ConfigError("no data given: picstory train DATA (a folder, a CSV, IDX files or builtin:digits)")
     C.from_dict(user)  # fail on a bad key before touching the data
-    source = sources.resolve(user["data"], user.get("path_col", ""), user.get("label_col", ""))
+    source = sources.resolve(user["data"], user.get("path_col", ""), user.get("label_col", ""),
+                             bool(user.get("allow_outside")))
     cfg = resolve_config(user, source)
     if source.kind in ("folder", "filenames"):
         refuse_inside(cfg.run.out, source.root)
@@ -132,11 +136,12 @@ def _resume(run: str | Path, progress: bool, command: str, callbacks: list | Non
     summary = read_json(RunDir(run_dir).summary)
     if summary.get("stop_reason") and summary["stop_reason"] != "interrupted":
         raise UserError(f"{run_dir} already finished ({summary['stop_reason']}); start a new run instead")
-    source = sources.resolve(cfg.data.data, cfg.data.path_col, cfg.data.label_col)
+    source = sources.resolve(cfg.data.data, cfg.data.path_col, cfg.data.label_col, cfg.data.allow_outside)
     if ckpt["classes"] != source.classes:
         raise UserError(f"cannot resume {run_dir}: the classes changed ({', '.join(ckpt['classes'])} → "
                         f"{', '.join(source.classes)})")
-    if ckpt["config"] != C.dump_yaml(cfg):
+    # both through today's schema: a key added since the run was written takes its default on either side
+    if C.dump_yaml(C.from_dict(yaml.safe_load(ckpt["config"]) or {})) != C.dump_yaml(cfg):
         raise UserError(f"cannot resume {run_dir}: config.yaml differs from the checkpoint's config; "
                         "start a new run with --config instead")
     return _fit(cfg, source, run_dir=run_dir, checkpoint=ckpt, progress=progress, command=command,
@@ -249,7 +254,7 @@ def prepare(data: str, progress: bool = False, **overrides) -> tuple[C.Config, T
     user = {k: v for k, v in overrides.items() if v is not None}
     user["data"] = data
     C.from_dict(user)
-    source = sources.resolve(data, user.get("path_col", ""), user.get("label_col", ""))
+    source = sources.resolve(data, user.get("path_col", ""), user.get("label_col", ""), bool(user.get("allow_outside")))
     cfg = resolve_config(user, source)
     device = pick_device(cfg.train.device)
     set_threads(cfg.train.threads)
