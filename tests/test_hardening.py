@@ -134,3 +134,36 @@ def test_label_file_rows_that_leave_the_data_set_are_refused(tmp_path):
     assert len(reasons) == 3 and all("leaves" in r and "--allow-outside" in r for r in reasons)
     assert not any("missing file" in r for r in reasons)  # nothing says which outside files exist
     assert len(resolve(str(tmp_path / "set" / "labels.csv"), allow_outside=True).records) == 4
+
+
+def test_a_crash_between_the_bundle_renames_loses_no_model(tmp_path):
+    from picstory.models.bundle import find_bundle
+
+    run = tmp_path / "run"
+    run.mkdir()
+    bundle = save_bundle(run / "model", create_model("resnet18", 2, 3, img_size=32).eval(),
+                         {"arch": "resnet18", "num_classes": 2, "classes": ["a", "b"], "in_chans": 3, "img_size": 32,
+                          "fit": "crop", "mean": [0.5] * 3, "std": [0.25] * 3})
+    aside = run / ".model.abc123.old"
+    aside.mkdir()
+    bundle.rename(aside / "bundle")  # the state after the first rename of a swap, before the second
+    (run / ".model.def456.tmp").mkdir()  # a half-written new bundle
+    assert find_bundle(run) == run / "model"
+    assert load(run).meta["classes"] == ["a", "b"]
+    save_bundle(run / "model", create_model("resnet18", 2, 3, img_size=32).eval(), load(run).meta)
+    assert sorted(p.name for p in run.iterdir()) == ["model"]  # the writer cleans what killed saves left
+
+
+def test_resume_removes_the_temp_files_of_killed_writes(tmp_path):
+    import shutil
+    from pathlib import Path
+
+    from picstory.pipeline import train
+
+    fixture = Path(__file__).parent / "fixtures" / "run-0.1.0"
+    run = tmp_path / "runs" / "old-run"
+    shutil.copytree(fixture, run)
+    (run / "checkpoints" / ".last.pt.x1y2.tmp").write_bytes(b"half")
+    (run / ".metrics.csv.x3.tmp").write_text("half")
+    train(resume=str(run), progress=False)
+    assert not list(run.rglob(".*.tmp"))

@@ -83,6 +83,17 @@ def atomic_write(path: str | Path, data: bytes | str, *, user_error: bool = True
         raise UserError(f"could not write {path}: {e.strerror or e}; the previous file is intact") from None
 
 
+def remove_temp_files(folder: str | Path) -> int:
+    """Delete the temp files (``.NAME.*.tmp``) that killed atomic writes left in ``folder``; only for the folder's
+    one writer, which knows no write of its own is in flight. Returns how many went."""
+    removed = 0
+    for tmp in Path(folder).glob(".*.tmp"):
+        if tmp.is_file():
+            tmp.unlink(missing_ok=True)
+            removed += 1
+    return removed
+
+
 def atomic_torch_save(path: str | Path, obj: dict) -> None:
     import torch  # heavy: only the writers of checkpoints need it
 

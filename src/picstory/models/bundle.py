@@ -91,6 +91,7 @@ def save_bundle(directory: str | Path, model: nn.Module, meta: dict) -> Path:
     })
     meta.pop("exports", None)  # exports belong to the weights they were made from
     directory.parent.mkdir(parents=True, exist_ok=True)
+    recover(directory, clean=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", suffix=".tmp", dir=directory.parent))
     try:
         write_durable(tmp / WEIGHTS_FILE, weights)
@@ -101,6 +102,21 @@ def save_bundle(directory: str | Path, model: nn.Module, meta: dict) -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return directory
+
+
+def recover(directory: Path, clean: bool = False) -> None:
+    """A crash between the two renames of :func:`_swap_in` leaves the previous bundle in ``.NAME.*.old/bundle`` and
+    no ``NAME``: put it back. ``clean`` (only the writer, which owns them) removes the ``.tmp`` / ``.old`` folders of
+    killed saves."""
+    directory = Path(directory)
+    if not directory.parent.is_dir():
+        return
+    olds = sorted(directory.parent.glob(f".{directory.name}.*.old"), key=lambda p: p.stat().st_mtime)
+    if not directory.exists() and olds and (olds[-1] / "bundle" / META_FILE).is_file():
+        os.replace(olds[-1] / "bundle", directory)
+        fsync_dir(directory.parent)
+    for left in [] if not clean else [*olds, *directory.parent.glob(f".{directory.name}.*.tmp")]:
+        shutil.rmtree(left, ignore_errors=True)
 
 
 def _swap_in(tmp: Path, directory: Path) -> None:
@@ -133,6 +149,8 @@ def find_bundle(run_or_bundle: str | Path) -> Path:
         path = path.parent
     if (path / META_FILE).is_file():
         return path
+    if not (path / "model").exists():
+        recover(path / "model")
     if (path / "model" / META_FILE).is_file():
         return path / "model"
     raise UserError(f"{path}: not a run or model bundle (no {META_FILE} in it or in {path / 'model'}); "

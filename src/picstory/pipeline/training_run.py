@@ -19,7 +19,7 @@ from .._version import __version__
 from ..data import sources
 from ..data.split import manifest_csv, read_manifest, split_source
 from ..errors import ConfigError, UserError
-from ..files import atomic_write, read_json
+from ..files import atomic_write, read_json, remove_temp_files
 from ..runs import RunDir, create_run_dir, find_run, refuse_inside, slug
 from ..training import callbacks as cbs
 from ..training.checkpoint import load_checkpoint, seed_everything, set_rng_state
@@ -131,6 +131,8 @@ def _flat(cfg: C.Config) -> dict:
 
 def _resume(run: str | Path, progress: bool, command: str, callbacks: list | None) -> Run:
     run_dir = find_run(run)
+    for folder in (run_dir, RunDir(run_dir).last_checkpoint.parent):  # what killed writes left behind
+        remove_temp_files(folder)
     cfg = C.load_yaml(RunDir(run_dir).config)
     ckpt = load_checkpoint(RunDir(run_dir).last_checkpoint)
     summary = read_json(RunDir(run_dir).summary)
