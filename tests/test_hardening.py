@@ -167,3 +167,12 @@ def test_resume_removes_the_temp_files_of_killed_writes(tmp_path):
     (run / ".metrics.csv.x3.tmp").write_text("half")
     train(resume=str(run), progress=False)
     assert not list(run.rglob(".*.tmp"))
+
+
+def test_a_closed_pipe_is_not_a_traceback(tmp_path):
+    import subprocess
+    import sys
+
+    cmd = f"{sys.executable} -m picstory models | head -1"
+    proc = subprocess.run(["bash", "-c", cmd], capture_output=True, text=True, timeout=120)
+    assert proc.stdout.strip() and "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr
