@@ -104,6 +104,8 @@ def test_run_folders_met_in_a_data_folder_are_skipped(tmp_path):
     data = _folder(tmp_path / "photos")
     run = create_run_dir(data / "runs", "old")  # e.g. written by an older version
     (run / "curves.png").write_bytes((data / "cat" / "0.png").read_bytes())
+    nested = create_run_dir(data / "cat" / "runs", "inside-a-class")  # met by the walk of a class folder
+    (nested / "errors.png").write_bytes((data / "cat" / "0.png").read_bytes())
     source = resolve(str(data))
     assert source.classes == ["cat", "dog"] and len(source.records) == 12
 

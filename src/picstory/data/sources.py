@@ -54,7 +54,8 @@ def _walk_images(root: Path, boundary: Path | None = None) -> tuple[list[Path], 
         real = os.path.realpath(dirpath)
         inside_root = real == root_real or real.startswith(root_real + os.sep)
         inside_fence = fence is not None and (real == fence or real.startswith(fence + os.sep))
-        if real in seen or (inside_fence and not inside_root) or _is_picstory_dir(dirpath):
+        # a run directory inside the data (marked by RUN_MARKER) is picstory output: no extra listing needed
+        if real in seen or (inside_fence and not inside_root) or RUN_MARKER in filenames:
             dirnames[:] = []
             continue
         seen.add(real)
@@ -72,7 +73,8 @@ def _subdirs(path: Path) -> list[Path]:
 
 
 def _is_picstory_dir(path: str | Path) -> bool:
-    """A run directory (or a folder of them) met inside a data folder is picstory's output, never a class."""
+    """A run directory (or a folder of them) among a data folder's sub-folders is picstory output, never a class
+    or a split (the walk below skips marked folders from its own listing)."""
     path = Path(path)
     return (path / RUN_MARKER).is_file() or any((p / RUN_MARKER).is_file() for p in _children(path))
 
