@@ -82,17 +82,13 @@ def audit(spec: str, out: str | Path | None = None, path_col: str = "", label_co
             raise
         source, extra = Source(spec=str(spec), kind="folder", records=[], root=Path(spec).resolve()), [str(e)]
     if out is not None:
-        _refuse_inside(Path(out), source)
+        refuse_inside(out, source.root)
     if source.in_memory:
         seen = inspect_arrays(source)
     else:
         seen = inspect_files([r.ref for r in source.records], workers, progress)
     found = find_groups(source, seen, extra)
     return found, build_report(found, max_bad_fraction)
-
-
-def _refuse_inside(out: Path, source: Source) -> None:
-    refuse_inside(out, source.root)
 
 
 # ---- looking at every image ------------------------------------------------------------------------------------
