@@ -25,6 +25,10 @@ class Record:
     ref: str  # absolute file path, or the decimal index into Source.arrays
     label: str
     split: str | None = None  # train | val | test, when the data declares it
+    group: str | None = None  # --group-col value: no group straddles train/val/test
+    weight: float = 1.0  # --weight-col value: scales the loss and the metrics' support
+    tags: tuple[str, ...] = ()  # multi-label: every label of the image (label is then "|".join(tags))
+    meta: tuple[tuple[str, str], ...] = ()  # other label-file columns (--report-by, --stratify-col), (name, value)
 
 
 @dataclass
