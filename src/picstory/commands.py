@@ -9,6 +9,7 @@ from pathlib import Path
 
 from .config import overrides_from as _overrides
 from .errors import UserError
+from .options import DataCheckOptions, EvalOptions, values
 from .runs import RunDir
 
 
@@ -29,10 +30,12 @@ def cmd_data(args: argparse.Namespace, argv: list[str]) -> int:
     from .runs import slug
 
     out = Path(args.out or Path("data-check") / slug(args.data))
-    report = check(args.data, out, path_col=args.path_col, label_col=args.label_col,
-                   max_bad_fraction=args.max_bad_fraction, allow_outside=args.allow_outside)
+    opts = values(DataCheckOptions, args)
+    report = check(args.data, out, **{k: v for k, v in opts.items() if k != "out"})
     print(f"{report['total']} images, {len(report['classes'])} classes, {len(report['bad_files'])} bad files, "
           f"{len(report['duplicates'])} duplicate groups, {len(report['leaks'])} cross-split leaks")
+    for note in report.get("notes", []):
+        print(f"  · {note}")
     for w in report.get("warnings", []):
         print(f"  - {w}")
     verdict = "usable" if report["usable"] else "NOT usable: " + "; ".join(report.get("unusable_reasons", []))
@@ -62,13 +65,19 @@ def cmd_train(args: argparse.Namespace, argv: list[str]) -> int:
 def cmd_eval(args: argparse.Namespace, argv: list[str]) -> int:
     from .pipeline.evaluation_run import evaluate_run
 
-    r = evaluate_run(args.run, data=args.data, tta=args.tta)
+    r = evaluate_run(args.run, data=args.data, **values(EvalOptions, args))
     if not r:
         raise UserError(f"{args.run}: the run has no test split to evaluate; pass DATA")
-    print(f"{r['split']} accuracy {r['accuracy']:.4f}  top-5 {r.get('top5_accuracy', float('nan')):.4f}  "
+    weighted = f"  weighted {r['weighted_accuracy']:.4f}" if "weighted_accuracy" in r else ""
+    print(f"{r['split']} accuracy {r['accuracy']:.4f}{weighted}  top-5 {r.get('top5_accuracy', float('nan')):.4f}  "
           f"loss {r['loss']:.4f}  ({r['n']} images, tta {r['tta']})")
     worst = sorted(r["per_class"], key=lambda c: c["f1"])[:3]
     print("weakest classes: " + ", ".join(f"{c['class']} (F1 {c['f1']:.2f})" for c in worst))
+    if r.get("by_group"):
+        g = r["by_group"]
+        print(f"by {g['column']}: " + ", ".join(f"{row['value']} {row['accuracy']:.3f} (n={row['n']})"
+                                                 for row in g["groups"][:12])
+              + (f", … {len(g['groups']) - 12} more" if len(g["groups"]) > 12 else ""))
     return 0
 
 

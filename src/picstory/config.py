@@ -46,9 +46,15 @@ class DataConfig:
                    choices=FITS)
     val_fraction: float = opt(0.1, "share of the training data held out for validation", min=0.0, max=0.5)
     test_fraction: float = opt(0.1, "share held out for testing when the data has no test split", min=0.0, max=0.5)
-    path_col: str = opt("", "CSV column with image paths (auto-detected when empty)")
-    label_col: str = opt("", "CSV column with labels (auto-detected when empty)")
+    path_col: str = opt("", "label-file column with image paths: a name or 0-based index (auto-detected when empty)")
+    label_col: str = opt("", "label-file column with labels: a name or 0-based index (auto-detected when empty)")
     allow_outside: bool = opt(False, "use label-file rows whose path leaves the label file's folder (../, absolute)")
+    label_map: str = opt("", "rename or merge label values: VALUE=CLASS,… (e.g. 0=ok,1=defect) or a YAML file")
+    group_col: str = opt("", "label-file column whose groups never straddle train/val/test (e.g. patient, camera)")
+    stratify_col: str = opt("", "label-file column added to the class in stratified splits (e.g. production line)")
+    weight_col: str = opt("", "label-file column of sample weights ≥ 0: scales the loss and the metrics' support")
+    report_by: str = opt("", "label-file column for per-group metrics in eval.json / report.html "
+                             "(default: --group-col)")
     max_bad_fraction: float = opt(0.05, "stop before training when more than this share of files cannot be decoded",
                                   min=0.0, max=1.0)
     limit_per_class: int = opt(0, "use at most this many training images per class (0 = all)", min=0)
@@ -275,6 +281,24 @@ def field_python_type(key: str) -> type:
 
 __all__ = ["Config", "DataConfig", "ModelConfig", "AugmentConfig", "TrainConfig", "EvalConfig", "RunConfig",
            "from_dict", "load_yaml", "dump_yaml", "coerce", "get", "FIELDS", "suggest"]
+
+
+# DataConfig keys that shape how a label file becomes records: sources.resolve(spec, **label_file_options(...))
+LABEL_FILE_KEYS = ("path_col", "label_col", "allow_outside", "label_map", "group_col", "weight_col")
+
+
+def label_file_options(values: Any) -> dict:
+    """The label-file keys from a flat dict, a Config, a nested config.yaml dict or an options object."""
+    if isinstance(values, Config):
+        values = dataclasses.asdict(values.data)
+    elif isinstance(values, dict) and isinstance(values.get("data"), dict):
+        values = values["data"]
+    elif not isinstance(values, dict):
+        values = {k: getattr(values, k, None) for k in LABEL_FILE_KEYS}
+    out = {k: values.get(k) for k in LABEL_FILE_KEYS if values.get(k) not in (None, "")}
+    if "allow_outside" in out:
+        out["allow_outside"] = bool(out["allow_outside"])
+    return out
 
 
 def overrides_from(args: Any) -> dict:

@@ -16,15 +16,25 @@ from .config import BACKENDS, EXPORT_FORMATS, TABLE_FORMATS, TTA_MODES, opt
 @dataclass(frozen=True)
 class DataCheckOptions:
     out: str | None = opt(None, "report folder (default: data-check/NAME)")
-    path_col: str = opt("", "CSV column with image paths")
-    label_col: str = opt("", "CSV column with labels")
+    path_col: str = opt("", "label-file column with image paths (name or 0-based index)")
+    label_col: str = opt("", "label-file column with labels (name or 0-based index)")
     allow_outside: bool = opt(False, "use label-file rows whose path leaves the label file's folder")
+    label_map: str = opt("", "rename or merge label values: VALUE=CLASS,… or a YAML file")
+    group_col: str = opt("", "column whose groups never straddle train/val/test: reports the group-aware split")
+    stratify_col: str = opt("", "column added to the class in the stratified split")
+    weight_col: str = opt("", "column of sample weights ≥ 0")
     max_bad_fraction: float = opt(0.05, "unusable above this share of bad files", min=0.0, max=1.0)
 
 
 @dataclass(frozen=True)
 class EvalOptions:
     tta: str = opt("none", "test-time augmentation", choices=TTA_MODES)
+    report_by: str = opt("", "label-file column for per-group metrics (default: the run's --report-by or --group-col)")
+    path_col: str = opt("", "DATA's column with image paths (default: the run's)")
+    label_col: str = opt("", "DATA's column with labels (default: the run's)")
+    group_col: str = opt("", "DATA's group column (default: the run's)")
+    weight_col: str = opt("", "DATA's sample-weight column (default: the run's)")
+    allow_outside: bool = opt(False, "use DATA rows whose path leaves the label file's folder")
 
 
 @dataclass(frozen=True)

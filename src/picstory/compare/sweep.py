@@ -195,8 +195,7 @@ def sweep(data: str, grid: Any, repeats: int = 1, jobs: int = 1, name: str = "",
         raise ConfigError(f"--jobs must be ≥ 1, got {jobs}")
     if callbacks and jobs > 1:
         raise ValueError("callbacks need jobs=1: cells trained in other processes cannot call them")
-    sources.resolve(data, overrides.get("path_col", ""), overrides.get("label_col", ""),
-                    bool(overrides.get("allow_outside")))  # fail before any cell
+    sources.resolve(data, **C.label_file_options(overrides))  # fail before any cell
     cells = make_cells(axes, repeats, int(overrides.get("seed", 0)))
     path = Path(out or "runs") / (name or f"sweep-{slug(data)}")
     record = _open_sweep_dir(path, _identity(data, axes, overrides, repeats))

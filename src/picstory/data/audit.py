@@ -18,13 +18,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..config import plural
+from ..config import DataConfig, plural
 from ..device import cores
 from ..errors import DataError
 from ..options import DATA_CHECK
 from ..runs import refuse_inside
 from .decode import DecodeError, decode_image, probe
 from .sources import Source, resolve
+from .split import balance, describe_balance, split_source
 
 HASH_DRAFT = (64, 64)  # JPEG DCT scaling for hashing: 2.5x faster on 500×375 photos, more on larger ones
 HASH_RADIUS = 4  # dHash bits that may differ in a near duplicate; resized or re-encoded copies measure 0–2
@@ -71,14 +72,19 @@ class Audit:
 
 def audit(spec: str, out: str | Path | None = None, path_col: str = "", label_col: str = "",
           max_bad_fraction: float = DATA_CHECK.max_bad_fraction, workers: int = 0,
-          progress: bool = True, allow_outside: bool = False) -> tuple[Audit, dict]:
+          progress: bool = True, allow_outside: bool = False, *, label_map: str = DATA_CHECK.label_map,
+          group_col: str = DATA_CHECK.group_col, weight_col: str = DATA_CHECK.weight_col,
+          stratify_col: str = DATA_CHECK.stratify_col) -> tuple[Audit, dict]:
     """Look at every image of ``spec``: the findings (for the page) and the report (report.json). ``out``, where
-    the report will go, is refused when it lies inside the data."""
+    the report will go, is refused when it lies inside the data. With a group or strata column the report also
+    holds the split training would make (default fractions, seed 0) and how far it moved the class balance."""
     extra: list[str] = []
     try:
-        source = resolve(spec, path_col, label_col, allow_outside)
+        source = resolve(spec, path_col, label_col, allow_outside, label_map=label_map, group_col=group_col,
+                         weight_col=weight_col)
     except DataError as e:
-        if not Path(spec).expanduser().is_dir():  # a wrong path or CSV option is a mistake, not a finding
+        # a wrong path or label-file option is a mistake, not a finding
+        if not Path(spec).expanduser().is_dir() or group_col or weight_col or label_map:
             raise
         source, extra = Source(spec=str(spec), kind="folder", records=[], root=Path(spec).resolve()), [str(e)]
     if out is not None:
@@ -88,7 +94,28 @@ def audit(spec: str, out: str | Path | None = None, path_col: str = "", label_co
     else:
         seen = inspect_files([r.ref for r in source.records], workers, progress)
     found = find_groups(source, seen, extra)
-    return found, build_report(found, max_bad_fraction)
+    report = build_report(found, max_bad_fraction)
+    report["notes"] = list(source.notes)
+    if source.label_map:
+        report["label_map"] = dict(source.label_map)
+    if (group_col or stratify_col) and source.records:
+        _split_plan(report, source, stratify_col)
+    return found, report
+
+
+def _split_plan(report: dict, source: Source, stratify_col: str) -> None:
+    """The group-aware / stratified split training would make, and how far it moved each class's share."""
+    d = DataConfig()
+    notes: list[str] = []
+    try:
+        splits = split_source(source, d.val_fraction, d.test_fraction, 0, stratify_col, notes)
+    except DataError as e:
+        report["unusable_reasons"].append(str(e))
+        report["usable"] = False
+        return
+    plan = balance(source, splits)
+    report["split_plan"] = plan
+    report["notes"] += notes + [describe_balance(plan)]
 
 
 # ---- looking at every image ------------------------------------------------------------------------------------

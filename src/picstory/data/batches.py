@@ -323,22 +323,27 @@ class BatchIterator:
     from (seed, epoch, rank). Each rank takes ``order[rank::world_size]`` cut to ``len // world_size`` samples, so
     ranks get equal batch counts and no sample twice per epoch (the remainder is dropped, which matters for
     evaluation: evaluate on one rank or with world_size 1). ``sample_weights`` draws N indices per epoch with
-    replacement (balanced sampling). ``size`` may change between epochs (progressive resizing): batches are
-    resized with antialiased bilinear interpolation after augmentation.
+    replacement (balanced sampling). ``loss_weights`` (N,) makes each batch ``(x, y, w)``: the loss weight of
+    every sample (under mixup/cutmix, the weight of the image the batch row started from). ``size`` may change
+    between epochs (progressive resizing): batches are resized with antialiased bilinear interpolation after
+    augmentation.
     """
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, mean, std,
                  augment: AugmentConfig | None = None, shuffle: bool = True, drop_last: bool = False,
                  seed: int = 0, rank: int = 0, world_size: int = 1, device: str | torch.device = "cpu",
                  sample_weights: torch.Tensor | None = None, size: int | None = None,
-                 num_classes: int | None = None):
+                 num_classes: int | None = None, loss_weights: torch.Tensor | None = None):
         if images.dim() != 4 or len(images) != len(labels):
             raise ValueError(f"images must be N×C×H×W with one label each, got {tuple(images.shape)} and "
                              f"{len(labels)} labels")
         if batch_size < 1 or not 0 <= rank < world_size:
             raise ValueError(f"need batch_size ≥ 1 and 0 ≤ rank < world_size, got {batch_size}, {rank}, {world_size}")
-        if sample_weights is not None and len(sample_weights) != len(images):
-            raise ValueError(f"sample_weights has {len(sample_weights)} entries for {len(images)} images")
+        for name, w in (("sample_weights", sample_weights), ("loss_weights", loss_weights)):
+            if w is not None and len(w) != len(images):
+                raise ValueError(f"{name} has {len(w)} entries for {len(images)} images")
+        # per-sample loss weights (--weight-col) travel with each batch as a third element
+        self.loss_weights = None if loss_weights is None else loss_weights.float().to(labels.device)
         self.images, self.labels, self.batch_size = images, labels, batch_size
         # rows are gathered from the NHWC storage when that is contiguous (the cache's layout): index_select on
         # the permuted channels_last view walks memory element by element and is 40–100× slower
@@ -379,7 +384,7 @@ class BatchIterator:
         order = order[self.rank::self.world_size][:self._local_count()]
         return _dev(order, self.images.device)
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
         order = self.epoch_indices()
         g = make_generator(self.seed, self.epoch, self.rank, 1)
         for b in range(len(self)):
@@ -389,7 +394,11 @@ class BatchIterator:
             y = self.labels.index_select(0, idx.to(self.labels.device)).to(self.device, non_blocking=True)
             if self.augmenter is not None:
                 x, y = self.augmenter(x, y, g)
-            yield self._finish(x), y
+            if self.loss_weights is not None:
+                w = self.loss_weights.index_select(0, idx.to(self.loss_weights.device))
+                yield self._finish(x), y, w.to(self.device, non_blocking=True)
+            else:
+                yield self._finish(x), y
 
     def _finish(self, x: torch.Tensor) -> torch.Tensor:
         """Resize (when ``size`` differs from the stored size) and normalise into channels_last float32."""

@@ -7,6 +7,7 @@ A record is one image: a file path (folders, file-name labels, CSV) or an index 
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +19,20 @@ IGNORED_NAMES = {".ds_store", "thumbs.db", "desktop.ini", "__macosx"}
 SPLIT_NAMES = {"train": "train", "training": "train", "training_set": "train", "trainset": "train",
                "val": "val", "valid": "val", "validation": "val", "dev": "val",
                "test": "test", "testing": "test", "test_set": "test", "testset": "test"}
+
+
+def as_number(value: str) -> float | None:
+    try:
+        x = float(value)
+    except ValueError:
+        return None
+    return x if math.isfinite(x) else None
+
+
+def class_sort_key(name: str) -> tuple:
+    """Numeric labels sort by value ("0.333" before "1", "10" after "9"); names alphabetically after them."""
+    x = as_number(name)
+    return (0, x, name) if x is not None else (1, 0.0, name)
 
 
 @dataclass(frozen=True)
@@ -40,12 +55,15 @@ class Source:
     arrays: np.ndarray | None = None  # N×H×W[×C] uint8 for idx / builtin
     problems: list[tuple[str, str]] = field(default_factory=list)  # (path, reason): missing, unlabelled
     ignored: int = 0  # non-image files skipped (hidden, .DS_Store, other extensions)
+    columns: list[str] = field(default_factory=list)  # a label file's columns (names, or "0", "1", … without header)
+    notes: list[str] = field(default_factory=list)  # what the reader decided or doubts (shown by data check, train)
+    label_map: dict[str, str] = field(default_factory=dict)  # --label-map as applied: label value → class
 
     @property
     def classes(self) -> list[str]:
         labels = {r.label for r in self.records}
-        # numeric labels (IDX files, CSVs of digits) sort by value so that "10" follows "9"
-        return sorted(labels, key=lambda c: (0, int(c), "") if c.isdigit() else (1, 0, c))
+        # numeric labels (IDX files, CSVs of digits or grades) sort by value: "10" follows "9", "0.333" precedes "1"
+        return sorted(labels, key=class_sort_key)
 
     @property
     def in_memory(self) -> bool:

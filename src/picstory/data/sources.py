@@ -2,23 +2,27 @@
 
 from __future__ import annotations
 
-import csv
 import os
 import re
+from dataclasses import replace
 from pathlib import Path
 
 from ..errors import DataError
 from ..runs import RUN_MARKER
+from . import labelfile as lf
 from .builtin import load_builtin
 from .idx import find_idx, from_idx, read_idx  # noqa: F401  (read_idx: part of this module's public face)
 from .records import IGNORED_NAMES, IMAGE_EXTS, SPLIT_NAMES, Record, Source  # noqa: F401
 
-PATH_COLS = ("path", "filepath", "file_path", "image_path", "file", "filename", "image", "img", "image_id", "id")
-LABEL_COLS = ("label", "class", "category", "target", "class_name", "y", "labels")
+PATH_COLS, LABEL_COLS = lf.PATH_COLS, lf.LABEL_COLS
 
 
-def resolve(spec: str, path_col: str = "", label_col: str = "", allow_outside: bool = False) -> Source:
-    """Turn a DATA spec (see DESIGN.md) into a Source; raises DataError naming the spec and what to do."""
+def resolve(spec: str, path_col: str = "", label_col: str = "", allow_outside: bool = False, *,
+            label_map: str = "", group_col: str = "", weight_col: str = "") -> Source:
+    """Turn a DATA spec (see DESIGN.md) into a Source; raises DataError naming the spec and what to do.
+
+    The keyword options read label files (config.LABEL_FILE_KEYS: ``resolve(spec, **label_file_options(cfg))``);
+    the other kinds of data carry no columns, so a column option there is an error rather than silently unused."""
     spec = str(spec)
     if spec.startswith("builtin:"):
         return load_builtin(spec.split(":", 1)[1])
@@ -27,10 +31,13 @@ def resolve(spec: str, path_col: str = "", label_col: str = "", allow_outside: b
         raise DataError(f"data not found: {spec} (give a folder of class sub-folders, a CSV, IDX files, "
                         "or builtin:fashion-mnist / builtin:digits)")
     if path.is_file():
-        if path.suffix.lower() in (".csv", ".tsv"):
-            return _from_csv(path, path_col, label_col, allow_outside)
-        raise DataError(f"{spec}: a single file is not a data set; give a folder or a CSV with path and label "
-                        "columns")
+        if path.suffix.lower() in lf.LABEL_FILE_EXTS:
+            return _from_label_file(path, path_col, label_col, allow_outside, label_map, group_col, weight_col)
+        raise DataError(f"{spec}: a single file is not a data set; give a folder or a label file "
+                        f"({', '.join(lf.LABEL_FILE_EXTS)}) with path and label columns")
+    for flag, value in (("--group-col", group_col), ("--weight-col", weight_col), ("--label-map", label_map)):
+        if value:
+            raise DataError(f"{flag} {value}: {spec} is not a label file; {flag} needs a .csv/.tsv/.txt with columns")
     path = path.resolve()
     idx = find_idx(path)
     if idx:
@@ -161,51 +168,56 @@ def _file_name_labels(root: Path, split: str | None) -> tuple[list[Record], int,
     return records, ignored, problems
 
 
-def _from_csv(path: Path, path_col: str, label_col: str, allow_outside: bool = False) -> Source:
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as e:
-        raise DataError(f"{path}: cannot read the CSV ({e})") from None
-    dialect = csv.excel_tab if path.suffix.lower() == ".tsv" else csv.excel
-    rows = list(csv.DictReader(text.splitlines(), dialect=dialect))
-    columns = list(rows[0].keys()) if rows else (text.splitlines()[0].split(",") if text.strip() else [])
-    pcol = _pick_column(path, columns, path_col, PATH_COLS, "path", "--path-col")
-    lcol = _pick_column(path, columns, label_col, LABEL_COLS, "label", "--label-col")
-    scol = next((c for c in columns if c.strip().lower() == "split"), None)
-    records, problems = [], []
+def _from_label_file(path: Path, path_col: str, label_col: str, allow_outside: bool = False, label_map: str = "",
+                     group_col: str = "", weight_col: str = "") -> Source:
+    table = lf.read_table(path)
+    pi = lf.pick_column(table, path_col, lf.PATH_COLS, "path", "--path-col")
+    li = lf.pick_column(table, label_col, lf.LABEL_COLS, "label", "--label-col", avoid=(pi,))
+    if li == pi:
+        raise DataError(f"{path}: the path and the label column are both '{table.columns[pi]}'; choose another "
+                        "with --label-col")
+    gi = lf.pick_column(table, group_col, (), "group", "--group-col") if group_col else None
+    wi = lf.pick_column(table, weight_col, (), "weight", "--weight-col") if weight_col else None
+    cols = table.columns
+    si = next((i for i, c in enumerate(cols) if c.strip().lower() == "split" and table.header), None)
+    notes = [] if table.header else [f"{path.name} has no header: column {pi} holds the paths and column {li} the "
+                                     "labels (choose others with --path-col / --label-col)"]
+    records, problems, raw = [], [], []
     base = path.parent.resolve()
-    for i, row in enumerate(rows, start=2):
-        rel, label = (row.get(pcol) or "").strip(), (row.get(lcol) or "").strip()
+    for line, cells in table.rows:
+        where = f"{path}:{line}"
+        rel, label = (cells[pi] if pi < len(cells) else ""), lf.row_label(cells, li)
         if not rel:
-            problems.append((f"{path}:{i}", f"empty '{pcol}'"))
+            problems.append((where, f"empty path (column '{cols[pi]}')"))
             continue
         if not label:
-            problems.append((f"{path}:{i}", f"empty '{lcol}' for {rel}"))
+            problems.append((where, f"empty label (column '{cols[li]}') for {rel}"))
             continue
         file = (path.parent / rel).resolve()
         if not allow_outside and not file.is_relative_to(base):
             # not used and not looked at: the report must not reveal which files exist outside the data set
-            problems.append((f"{path}:{i}", f"path {rel} leaves {base}; pass --allow-outside to use such rows"))
+            problems.append((where, f"path {rel} leaves {base}; pass --allow-outside to use such rows"))
             continue
         if not file.is_file():
-            problems.append((str(file), f"missing file (row {i} of {path.name})"))
+            problems.append((str(file), f"missing file (row {line} of {path.name})"))
             continue
-        split = SPLIT_NAMES.get((row.get(scol) or "").strip().lower()) if scol else None
-        records.append(Record(str(file), label, split))
+        weight = 1.0
+        if wi is not None:
+            weight = lf.as_number(cells[wi]) if wi < len(cells) else None
+            if weight is None or weight < 0:
+                problems.append((where, f"weight '{cells[wi] if wi < len(cells) else ''}' (column '{cols[wi]}') is "
+                                        f"not a number ≥ 0 for {rel}"))
+                continue
+        split = SPLIT_NAMES.get(cells[si].strip().lower()) if si is not None and si < len(cells) else None
+        group = cells[gi] if gi is not None and gi < len(cells) and cells[gi] else None
+        meta = tuple((c, cells[i]) for i, c in enumerate(cols) if i not in (pi, li) and i < len(cells))
+        records.append(Record(str(file), label, split, group=group, weight=weight, meta=meta))
+        raw.append(label)
     if not records:
-        example = problems[0][1] if problems else "empty file"
+        example = problems[0][1] if problems else "no data rows"
         raise DataError(f"{path}: no usable rows ({len(problems)} problems, e.g. {example})")
-    return Source(spec=str(path), kind="csv", records=records, root=path.parent.resolve(), problems=problems)
-
-
-def _pick_column(path: Path, columns: list[str], chosen: str, candidates: tuple, what: str, flag: str) -> str:
-    if chosen:
-        if chosen not in columns:
-            raise DataError(f"{path}: no column '{chosen}' (columns: {', '.join(columns)})")
-        return chosen
-    lower = {c.strip().lower(): c for c in columns}
-    for name in candidates:
-        if name in lower:
-            return lower[name]
-    raise DataError(f"{path}: cannot find the {what} column among {', '.join(columns) or 'no columns'}; "
-                    f"name it with {flag}")
+    mapping, warnings = lf.apply_label_map(path, sorted(set(raw), key=lf.class_sort_key), lf.parse_label_map(label_map))
+    if label_map:
+        records = [replace(r, label=mapping[r.label]) for r in records]
+    return Source(spec=str(path), kind="csv", records=records, root=base, problems=problems, columns=cols,
+                  notes=notes + warnings, label_map=mapping if label_map else {})

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import csv
+import difflib
 import io
 import os
 from collections import defaultdict
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -15,37 +17,183 @@ from .records import Record, Source
 
 
 def assign_splits(records: list[Record], val_fraction: float = 0.1, test_fraction: float = 0.1,
-                  seed: int = 0) -> list[str]:
+                  seed: int = 0, stratify_col: str = "", notes: list[str] | None = None) -> list[str]:
     """One split name per record.
 
-    The data's own split is kept. Records without one are divided per class: a test share only when the data
-    declares no test split at all, and a val share only when it declares no val split (so the ``training_set/
-    test_set/`` layout gets val carved from train, 90/10 by default).
+    The data's own split is kept. Records without one are divided per class (and per ``stratify_col`` value): a
+    test share only when the data declares no test split at all, and a val share only when it declares no val split
+    (so the ``training_set/ test_set/`` layout gets val carved from train, 90/10 by default). When records carry a
+    group (--group-col), whole groups are assigned (:func:`group_split`); ``notes`` collects what it had to decide.
     """
     declared = {r.split for r in records if r.split}
     need_test = "test" not in declared and test_fraction > 0
     need_val = "val" not in declared and val_fraction > 0
     out = [r.split or "train" for r in records]
+    free = [i for i, r in enumerate(records) if r.split in (None, "train")]
+    keys = [stratum(records[i], stratify_col) for i in free]
+    if any(r.group is not None for r in records):
+        fractions = {"test": test_fraction if need_test else 0.0, "val": val_fraction if need_val else 0.0}
+        # a row without a group value is a group of its own (its path)
+        groups = [records[i].group if records[i].group is not None else "\0" + records[i].ref for i in free]
+        for i, name in zip(free, group_split(keys, groups, fractions, seed, notes)):
+            out[i] = name
+        return out
     by_class: dict[str, list[int]] = defaultdict(list)
-    for i, r in enumerate(records):
-        if r.split in (None, "train"):
-            by_class[r.label].append(i)
+    for i, key in zip(free, keys):
+        by_class[key].append(i)
     rng = np.random.default_rng(seed)
-    for label in sorted(by_class):
-        idx = np.array(by_class[label])
+    for key in sorted(by_class):
+        idx = np.array(by_class[key])
         idx = idx[rng.permutation(len(idx))]
         n = len(idx)
         n_test = _share(n, test_fraction) if need_test else 0
         n_val = _share(n, val_fraction) if need_val else 0
         if n - n_test - n_val < 1:
-            raise DataError(f"class '{label}' has {n} image(s): too few to split into train"
-                            f"{'/val' if n_val else ''}{'/test' if n_test else ''}; add images to it "
-                            "or remove the class folder")
+            if stratify_col:  # a tiny stratum stays in train; the class as a whole is still split
+                n_test = n_val = 0
+            else:
+                raise DataError(f"class '{key}' has {n} image(s): too few to split into train"
+                                f"{'/val' if n_val else ''}{'/test' if n_test else ''}; add images to it "
+                                "or remove the class folder")
         for i in idx[:n_test]:
             out[i] = "test"
         for i in idx[n_test:n_test + n_val]:
             out[i] = "val"
     return out
+
+
+STRATUM_SEP = "\x1f"
+
+
+def stratum(rec: Record, stratify_col: str = "") -> str:
+    """The stratification key: the class, joined with the --stratify-col value when one is given."""
+    if not stratify_col:
+        return rec.label
+    return rec.label + STRATUM_SEP + dict(rec.meta).get(stratify_col, "")
+
+
+def group_split(keys: Sequence[str], groups: Sequence[str], fractions: dict[str, float], seed: int = 0,
+                notes: list[str] | None = None) -> list[str]:
+    """Assign whole groups to splits ("train" and the names in ``fractions``, e.g. {"val": .1, "test": .1}),
+    keeping each split's share of every key (class or stratum) as close to its fraction as the groups allow.
+
+    sklearn's StratifiedGroupKFold does this for K equal folds; a split needs unequal shares, so the same greedy
+    idea runs here with targets: groups go largest first (ties in seeded random order) to the split where they
+    reduce the squared distance to the target counts the most, each key weighted by 1/its total so that small
+    classes count as much as large ones. A group larger than a split's share never goes there (it would make that
+    split too large); such groups stay in train and ``notes`` names them.
+    """
+    keys, groups = list(keys), list(groups)
+    names = ["train"] + [s for s, f in fractions.items() if f > 0]
+    share = {s: fractions.get(s, 0.0) for s in names}
+    share["train"] = 1.0 - sum(share[s] for s in names[1:])
+    key_index = {k: j for j, k in enumerate(sorted(set(keys)))}
+    members: dict[str, list[int]] = defaultdict(list)
+    for i, g in enumerate(groups):
+        members[g].append(i)
+    order = sorted(members)
+    counts = np.zeros((len(order), len(key_index)))
+    for gi, g in enumerate(order):
+        for i in members[g]:
+            counts[gi, key_index[keys[i]]] += 1
+    n, totals = len(keys), counts.sum(0)
+    target = np.array([[share[s] * t for t in totals] for s in names])
+    target_size = np.array([share[s] * n for s in names])
+    have = np.zeros_like(target)
+    size = np.zeros(len(names))
+    scale = 1.0 / np.maximum(totals, 1)
+    rng = np.random.default_rng(seed)
+    perm = rng.permutation(len(order))
+    sizes = counts.sum(1)
+    too_big: dict[str, list[int]] = defaultdict(list)
+    where = {}
+    for gi in sorted(perm, key=lambda g: -sizes[g]):
+        g = counts[gi]
+        best, best_cost = 0, None
+        for si, s in enumerate(names):
+            if si and sizes[gi] > max(target_size[si], 1.0):
+                too_big[s].append(gi)
+                continue
+            cost = (((have[si] + g - target[si]) * scale) ** 2 - ((have[si] - target[si]) * scale) ** 2).sum()
+            cost += ((size[si] + sizes[gi] - target_size[si]) / n) ** 2 - ((size[si] - target_size[si]) / n) ** 2
+            if best_cost is None or cost < best_cost:
+                best, best_cost = si, cost
+        have[best] += g
+        size[best] += sizes[gi]
+        where[order[gi]] = names[best]
+    for si, s in enumerate(names[1:], start=1):
+        if size[si] == 0:  # every group is larger than this split's share: the smallest goes there, and we say so
+            in_train = [gi for gi in perm if where[order[gi]] == "train"]
+            if len(in_train) < 2:
+                raise DataError(f"only {len(order)} group(s): a group-aware split into {'/'.join(names)} needs at "
+                                f"least {len(names)}; use a finer --group-col or set --{s}-fraction 0")
+            # the group closest to the split's target counts: small and with the data's class balance
+            gi = min(in_train, key=lambda g: (((counts[g] - target[si]) * scale) ** 2).sum()
+                     + ((sizes[g] - target_size[si]) / n) ** 2)
+            where[order[gi]], size[si] = s, sizes[gi]
+            have[0] -= counts[gi]
+            have[si] += counts[gi]
+            too_big.pop(s, None)
+            if notes is not None:
+                notes.append(f"every group is larger than the {s} share ({share[s]:.0%}); {s} holds one, "
+                             f"'{_name(order[gi])}' ({int(sizes[gi])} images, {sizes[gi] / n:.0%}), the group "
+                             "closest to the data's class balance")
+    if notes is not None:
+        for s, big in too_big.items():
+            shown = ", ".join(f"'{_name(order[g])}' ({int(sizes[g])})" for g in big[:5])
+            more = f" and {len(big) - 5} more" if len(big) > 5 else ""
+            notes.append(f"group(s) {shown}{more} hold more than the {s} share ({share[s]:.0%} of {n} images) "
+                         f"and stay out of {s}")
+    return [where[g] for g in groups]
+
+
+def _name(group: str) -> str:
+    return group.lstrip("\0")
+
+
+def balance(source: Source, splits: dict[str, list[int]]) -> dict:
+    """How far each split's class shares moved from the whole data's: the split report of a group-aware split."""
+    labels = source.classes
+    everything = [i for idx in splits.values() for i in idx]
+    whole = _shares([source.records[i].label for i in everything], labels)
+    out = {"n": {s: len(idx) for s, idx in splits.items()}, "max_shift_points": 0.0, "worst": None, "per_split": {}}
+    for s, idx in splits.items():
+        if not idx:
+            continue
+        part = _shares([source.records[i].label for i in idx], labels)
+        shift = {c: round(100 * (part[c] - whole[c]), 2) for c in labels}
+        out["per_split"][s] = shift
+        c = max(shift, key=lambda c: abs(shift[c]))
+        if out["worst"] is None or abs(shift[c]) > abs(out["max_shift_points"]):
+            out["max_shift_points"], out["worst"] = shift[c], {"split": s, "class": c}
+    groups = defaultdict(set)
+    for s, idx in splits.items():
+        for i in idx:
+            if source.records[i].group is not None:
+                groups[source.records[i].group].add(s)
+    out["groups"] = len(groups)
+    out["groups_straddling"] = sorted(g for g, ss in groups.items() if len(ss) > 1)
+    return out
+
+
+def _shares(labels: list[str], classes: list[str]) -> dict[str, float]:
+    n = max(len(labels), 1)
+    return {c: labels.count(c) / n for c in classes}
+
+
+def describe_balance(b: dict) -> str:
+    """One line: the split sizes and the largest move of a class share, in percentage points."""
+    total = max(sum(b["n"].values()), 1)
+    sizes = " / ".join(f"{s} {k} ({k / total:.0%})" for s, k in b["n"].items() if k)
+    line = f"split: {sizes}"
+    if b.get("groups"):
+        line += f"; {b['groups']} groups, none split" if not b["groups_straddling"] else \
+            f"; {b['groups']} groups, {len(b['groups_straddling'])} declared in more than one split"
+    if b["worst"]:
+        w = b["worst"]
+        line += (f"; class balance moved at most {abs(b['max_shift_points']):.1f} points "
+                 f"('{w['class']}' in {w['split']}: {b['max_shift_points']:+.1f})")
+    return line
 
 
 def _share(n: int, fraction: float) -> int:
@@ -56,9 +204,12 @@ def _share(n: int, fraction: float) -> int:
     return max(k, 1) if n >= 3 else k
 
 
-def split_source(source: Source, val_fraction: float, test_fraction: float, seed: int) -> dict[str, list[int]]:
+def split_source(source: Source, val_fraction: float, test_fraction: float, seed: int, stratify_col: str = "",
+                 notes: list[str] | None = None) -> dict[str, list[int]]:
     """Indices into ``source.records`` per split; checks every class of val/test exists in train."""
-    splits = assign_splits(source.records, val_fraction, test_fraction, seed)
+    if stratify_col:
+        check_column(source, "--stratify-col", stratify_col)
+    splits = assign_splits(source.records, val_fraction, test_fraction, seed, stratify_col, notes)
     out: dict[str, list[int]] = {"train": [], "val": [], "test": []}
     for i, s in enumerate(splits):
         out[s].append(i)
@@ -69,6 +220,17 @@ def split_source(source: Source, val_fraction: float, test_fraction: float, seed
             raise DataError(f"class(es) {', '.join(extra)} appear only in the {name} split of {source.spec}; "
                             "a model cannot learn a class it never sees in training: add training images")
     return out
+
+
+def check_column(source: Source, flag: str, name: str) -> None:
+    """A column option must name a column of the label file; the error lists the columns and close matches."""
+    if name in source.columns:
+        return
+    if not source.columns:
+        raise DataError(f"{flag} {name}: {source.spec} is not a label file; only label files have columns")
+    close = difflib.get_close_matches(name, source.columns, n=3, cutoff=0.5)
+    hint = f"; did you mean {', '.join(close)}?" if close else ""
+    raise DataError(f"{flag} {name}: {source.spec} has no such column (columns: {', '.join(source.columns)}){hint}")
 
 
 def manifest_csv(source: Source, splits: dict[str, list[int]]) -> str:

@@ -29,7 +29,9 @@ def predict_images(model: torch.nn.Module, images: torch.Tensor, mean, std, batc
     return torch.cat(out).numpy() if out else np.zeros((0, 0), dtype=np.float32)
 
 
-def summarize(probs: np.ndarray, labels: np.ndarray, classes: list[str]) -> dict:
+def summarize(probs: np.ndarray, labels: np.ndarray, classes: list[str], weights: np.ndarray | None = None) -> dict:
+    """Accuracy, top-k, loss, confusion, per-class metrics; with sample ``weights`` also their weighted forms
+    (each image counts by its weight in the accuracy and the per-class support, as sklearn's sample_weight)."""
     k = len(classes)
     pred = probs.argmax(1)
     eps = 1e-12
@@ -37,7 +39,7 @@ def summarize(probs: np.ndarray, labels: np.ndarray, classes: list[str]) -> dict
     topk = min(5, k)
     top = np.argsort(-probs, axis=1)[:, :topk]
     p, r, f, s = precision_recall_fscore_support(labels, pred, labels=list(range(k)), zero_division=0)
-    return {
+    out = {
         "accuracy": float((pred == labels).mean()) if len(labels) else float("nan"),
         f"top{topk}_accuracy" if topk != 5 else "top5_accuracy": float((top == labels[:, None]).any(1).mean()),
         "loss": loss, "n": int(len(labels)), "classes": classes,
@@ -45,6 +47,39 @@ def summarize(probs: np.ndarray, labels: np.ndarray, classes: list[str]) -> dict
         "per_class": [{"class": c, "precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]),
                        "support": int(s[i])} for i, c in enumerate(classes)],
     }
+    if weights is not None and len(labels):
+        w = np.asarray(weights, dtype=np.float64)
+        out["weighted_accuracy"] = float((w * (pred == labels)).sum() / max(w.sum(), 1e-12))
+        out["weight_total"] = float(w.sum())
+        wp, wr, wf, _ = precision_recall_fscore_support(labels, pred, labels=list(range(k)), sample_weight=w,
+                                                        zero_division=0)
+        support = np.bincount(labels, weights=w, minlength=k)
+        for i, row in enumerate(out["per_class"]):
+            row.update({"weighted_precision": float(wp[i]), "weighted_recall": float(wr[i]),
+                        "weighted_f1": float(wf[i]), "weighted_support": float(support[i])})
+    return out
+
+
+def group_metrics(probs: np.ndarray, labels: np.ndarray, classes: list[str], values: list[str], column: str,
+                  weights: np.ndarray | None = None) -> dict:
+    """Accuracy and per-class recall for each value of a label-file column (a camera, a line, a patient):
+    a model can be good on average and poor on one source."""
+    pred = probs.argmax(1)
+    rows = []
+    values = np.asarray(values, dtype=object)
+    for v in sorted(set(values.tolist()), key=lambda x: (x == "", x)):
+        m = values == v
+        y, p = labels[m], pred[m]
+        row = {"value": v, "n": int(m.sum()), "accuracy": float((y == p).mean()),
+               "recall": {classes[c]: float((p[y == c] == c).mean()) for c in sorted(set(y.tolist()))}}
+        if weights is not None:
+            w = np.asarray(weights, dtype=np.float64)[m]
+            row["weighted_accuracy"] = float((w * (y == p)).sum() / max(w.sum(), 1e-12))
+        rows.append(row)
+    accs = [r["accuracy"] for r in rows]
+    worst = min(rows, key=lambda r: r["accuracy"])["value"] if rows else None
+    spread = [min(accs), max(accs)] if accs else None
+    return {"column": column, "groups": rows, "worst": worst, "accuracy_range": spread}
 
 
 def thumb(img: np.ndarray, size: int = 96) -> str:

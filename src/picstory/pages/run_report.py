@@ -88,8 +88,8 @@ def write_report(run_dir: str | Path, target_accuracy: float | None = None,
 
 def render_html(run: Mapping, diagnosis: dict, pngs: Mapping[str, bytes], rows: list[dict]) -> str:
     parts = [_header(run, diagnosis), _diagnosis(diagnosis), _curves(run, pngs), _confusion_section(run, pngs),
-             _per_class(rows), _gallery(run, "mistakes"), _gallery(run, "suspects"), _data(run), _timing(run),
-             _config(run)]
+             _per_class(rows), _by_group(run), _gallery(run, "mistakes"), _gallery(run, "suspects"), _data(run),
+             _timing(run), _config(run)]
     title = f"picstory report — {Path(run.get('dir') or 'run').name}"
     return page(title, "".join(p for p in parts if p), "run-report")
 
@@ -160,6 +160,29 @@ def _per_class(rows: list[dict]) -> str:
             f"{macro:.3f})." if weak else f"Macro-average F1 {macro:.3f}; no class stands out as weak.")
     return (f'<section><h2>Per-class metrics</h2><p>{_e(note)}</p><div class="scroll"><table><tr><th>class</th>'
             f'<th>precision</th><th>recall</th><th>F1</th><th>support</th></tr>{body}</table></div></section>')
+
+
+def _by_group(run: Mapping) -> str:
+    """eval.json's per-group metrics (--group-col / --report-by): accuracy and per-class recall per value."""
+    ev = run.get("eval") or {}
+    g = ev.get("by_group")
+    if not g or not g.get("groups"):
+        return ""
+    classes = [c for c in (ev.get("classes") or []) if any(c in r["recall"] for r in g["groups"])]
+    weighted = any("weighted_accuracy" in r for r in g["groups"])
+    head = "".join(f"<th>recall {_e(c)}</th>" for c in classes)
+    body = "".join(
+        f'<tr class="{"weak" if r["value"] == g.get("worst") and len(g["groups"]) > 1 else ""}">'
+        f'<td>{_e(r["value"] or "(empty)")}</td><td>{r["n"]}</td><td>{r["accuracy"]:.3f}</td>'
+        + (f'<td>{r.get("weighted_accuracy", float("nan")):.3f}</td>' if weighted else "")
+        + "".join(f'<td>{r["recall"][c]:.3f}</td>' if c in r["recall"] else "<td>–</td>" for c in classes)
+        + "</tr>" for r in g["groups"])
+    lo, hi = g.get("accuracy_range") or (0, 0)
+    note = (f"Accuracy on the {ev.get('split') or 'evaluated'} images for each value of '{g['column']}': from "
+            f"{lo:.3f} to {hi:.3f}; the weakest value is highlighted.")
+    return (f'<section><h2>Metrics by {_e(g["column"])}</h2><p>{_e(note)}</p><div class="scroll"><table><tr>'
+            f'<th>{_e(g["column"])}</th><th>images</th><th>accuracy</th>'
+            + ("<th>weighted accuracy</th>" if weighted else "") + f'{head}</tr>{body}</table></div></section>')
 
 
 def _thumb(uri: object) -> str:

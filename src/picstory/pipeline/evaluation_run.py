@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from ..errors import DataError, UserError
-from ..evaluation.metrics import confident_mistakes, predict_images, summarize, suspects
+from ..evaluation.metrics import confident_mistakes, group_metrics, predict_images, summarize, suspects
 from ..files import atomic_write, read_json
 from ..options import EVAL
 from ..runs import RunDir, find_run
@@ -19,7 +19,12 @@ SUSPECT_SCAN_MAX = 20_000  # training images scanned for likely label errors (bo
 
 
 def evaluate_run(run: str | Path, data: str | None = None, tta: str = EVAL.tta, td=None, write_report: bool = True,
-                 summary: dict | None = None, device: str = "cpu", progress: bool = True) -> dict:
+                 summary: dict | None = None, device: str = "cpu", progress: bool = True,
+                 report_by: str = EVAL.report_by, path_col: str = EVAL.path_col, label_col: str = EVAL.label_col,
+                 group_col: str = EVAL.group_col, weight_col: str = EVAL.weight_col,
+                 allow_outside: bool = EVAL.allow_outside) -> dict:
+    """Metrics of the run's best bundle on its test split, or on ``data`` (label-file columns: the run's unless
+    given); per-group metrics for ``report_by`` (default: the run's --report-by, else its --group-col)."""
     from ..models.bundle import load_bundle
 
     run_dir = find_run(run)
@@ -27,17 +32,26 @@ def evaluate_run(run: str | Path, data: str | None = None, tta: str = EVAL.tta, 
     model = model.to(memory_format=torch.channels_last)
     classes = meta["classes"]
     mean, std = meta["mean"], meta["std"]
+    dcfg = _run_data_config(run_dir)
+    given = {"path_col": path_col, "label_col": label_col, "group_col": group_col, "weight_col": weight_col,
+             "allow_outside": allow_outside}
     if td is not None:
-        test, train = td.splits["test"], td.splits["train"]
-        images, labels, paths, name = test.images, test.labels.numpy(), test.paths, "test"
+        test, train, name = td.splits["test"], td.splits["train"], "test"
     else:
-        images, labels, paths, name, train = _load_eval_data(run_dir, meta, data, progress)
+        test, name, train = _load_eval_data(run_dir, meta, data, progress, options=given)
+    images, labels, paths = test.images, test.labels.numpy(), test.paths
     if not len(labels):
         return {}
+    weights = test.weights.numpy() if test.weights is not None else None
     probs = predict_images(model, images, mean, std, tta=tta, device=device)
     result = {"split": name, "data": data or meta.get("data", ""), "tta": tta,
-              **summarize(probs, labels, classes),
+              **summarize(probs, labels, classes, weights),
               "mistakes": confident_mistakes(probs, labels, images, paths, classes)}
+    column = report_by or dcfg.get("report_by") or group_col or dcfg.get("group_col") or ""
+    if column:
+        result["by_group"] = group_metrics(probs, labels, classes, _column_values(test.records, column, data or
+                                                                                 dcfg.get("data", "")), column,
+                                           weights)
     if train is not None and len(train.labels):
         sel = np.arange(len(train.labels))[:SUSPECT_SCAN_MAX]
         tprobs = predict_images(model, train.images[sel], mean, std, device=device)
@@ -55,23 +69,56 @@ def test_images(run: str | Path, limit: int = 64) -> torch.Tensor:
     from ..models.bundle import read_meta
 
     run_dir = find_run(run)
-    images, *_ = _load_eval_data(run_dir, read_meta(RunDir(run_dir).bundle), None, progress=False, limit=limit)
-    return images
+    test, *_ = _load_eval_data(run_dir, read_meta(RunDir(run_dir).bundle), None, progress=False, limit=limit)
+    return test.images
 
 
-def _load_eval_data(run_dir: Path, meta: dict, data: str | None, progress: bool, limit: int | None = None):
+def _run_data_config(run_dir: Path) -> dict:
     import yaml
 
+    cfg = yaml.safe_load(RunDir(run_dir).config.read_text()) if RunDir(run_dir).config.is_file() else {}
+    return (cfg or {}).get("data", {}) or {}
+
+
+def _column_values(records: list, column: str, spec: str) -> list[str]:
+    """Each evaluated image's value in ``column``; an unknown column names the close matches."""
+    import difflib
+
+    known = {name for r in records for name, _ in r.meta}
+    if column not in known:
+        close = difflib.get_close_matches(column, sorted(known), n=3, cutoff=0.5)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise DataError(f"--report-by {column}: {spec} has no such column (columns besides path and label: "
+                        f"{', '.join(sorted(known)) or 'none'}){hint}")
+    return [dict(r.meta).get(column, "") for r in records]
+
+
+def _label_options(dcfg: dict, data: str | None, given: dict) -> dict:
+    """The run's label-file options (its --label-map always: the model's classes are the mapped ones), with the
+    columns the user gives for another DATA; a DATA that is not a label file takes none."""
+    from .. import config as C
+    from ..data.labelfile import LABEL_FILE_EXTS
+
+    if data is not None and Path(data).suffix.lower() not in LABEL_FILE_EXTS:
+        return {}
+    run = C.label_file_options(dcfg)
+    same = data is None or Path(data).expanduser().resolve() == Path(dcfg.get("data") or ".").expanduser().resolve()
+    if not same:  # another file may name its columns differently: only what the user gives, and the map
+        run = {k: v for k, v in run.items() if k == "label_map"}
+    return {**run, **C.label_file_options({k: v for k, v in given.items() if v})}
+
+
+def _load_eval_data(run_dir: Path, meta: dict, data: str | None, progress: bool, limit: int | None = None,
+                    options: dict | None = None):
     from ..data.cache import load_images
     from ..data.sources import resolve
     from ..data.split import read_manifest
     from ..training.setup import Split
 
-    cfg = yaml.safe_load(RunDir(run_dir).config.read_text()) if RunDir(run_dir).config.is_file() else {}
-    spec = data or cfg.get("data", {}).get("data") or meta.get("data")
-    dcfg = cfg.get("data", {})
-    source = resolve(spec, dcfg.get("path_col", "") if not data else "", dcfg.get("label_col", "") if not data else "",
-                     bool(dcfg.get("allow_outside")) if not data else False)
+    dcfg = _run_data_config(run_dir)
+    spec = data or dcfg.get("data") or meta.get("data")
+    opts = _label_options(dcfg, data, options or {})
+    source = resolve(spec, **opts)
     classes = meta["classes"]
     unknown = sorted(set(source.classes) - set(classes))
     if unknown:
@@ -93,15 +140,17 @@ def _load_eval_data(run_dir: Path, meta: dict, data: str | None, progress: bool,
         if cached.bad:
             print(f"warning: skipped {len(cached.bad)} unreadable image(s)", file=sys.stderr)
         arr = np.ascontiguousarray(cached.images[ok]) if ok else np.zeros((0, 1, 1, 1), np.uint8)
+        recs = [source.records[ids[j]] for j in ok]
+        weights = torch.tensor([r.weight for r in recs], dtype=torch.float32) if opts.get("weight_col") else None
         return Split(torch.from_numpy(arr).permute(0, 3, 1, 2),
-                     torch.tensor([index[source.records[ids[j]].label] for j in ok], dtype=torch.long),
-                     [source.display_path(source.records[ids[j]]) for j in ok])
+                     torch.tensor([index[r.label] for r in recs], dtype=torch.long),
+                     [source.display_path(r) for r in recs], weights, recs)
 
     test = part(idx)
     if not len(test.labels):
         raise UserError(f"no test images to evaluate in {spec}")
     train = part(train_idx) if train_idx else None
-    return test.images, test.labels.numpy(), test.paths, name, train
+    return test, name, train
 
 
 def finalize_report(run_dir: Path, summary: dict) -> None:

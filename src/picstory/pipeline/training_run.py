@@ -17,7 +17,8 @@ import yaml
 from .. import config as C
 from .._version import __version__
 from ..data import sources
-from ..data.split import manifest_csv, read_manifest, split_source
+from ..data.labelfile import format_label_map, parse_label_map
+from ..data.split import balance, check_column, describe_balance, manifest_csv, read_manifest, split_source
 from ..errors import ConfigError, UserError
 from ..files import atomic_write, read_json, remove_temp_files
 from ..runs import RunDir, create_run_dir, find_run, refuse_inside, slug
@@ -73,6 +74,8 @@ def resolve_config(user: dict, source: sources.Source) -> C.Config:
     if model == "auto":
         model = values["model"]
     extra = {"model": model}
+    if resolved.data.label_map:  # a YAML map file is written out in full, so config.yaml alone replays the run
+        extra["label_map"] = format_label_map(parse_label_map(resolved.data.label_map))
     if resolved.model.freeze_epochs < 0:
         from ..models import has_pretrained
 
@@ -116,9 +119,11 @@ def train(data: str | None = None, *, config: str | Path | C.Config | None = Non
     if not user.get("data"):
         raise ConfigError("no data given: picstory train DATA (a folder, a CSV, IDX files or builtin:digits)")
     C.from_dict(user)  # fail on a bad key before touching the data
-    source = sources.resolve(user["data"], user.get("path_col", ""), user.get("label_col", ""),
-                             bool(user.get("allow_outside")))
+    source = sources.resolve(user["data"], **C.label_file_options(user))
     cfg = resolve_config(user, source)
+    for flag, column in (("--stratify-col", cfg.data.stratify_col), ("--report-by", cfg.data.report_by)):
+        if column:  # before any training: a misspelt column must not cost a run
+            check_column(source, flag, column)
     if source.kind in ("folder", "filenames"):
         refuse_inside(cfg.run.out, source.root)
     return _fit(cfg, source, run_dir=None, checkpoint=None, progress=progress, command=command,
@@ -138,7 +143,7 @@ def _resume(run: str | Path, progress: bool, command: str, callbacks: list | Non
     summary = read_json(RunDir(run_dir).summary)
     if summary.get("stop_reason") and summary["stop_reason"] != "interrupted":
         raise UserError(f"{run_dir} already finished ({summary['stop_reason']}); start a new run instead")
-    source = sources.resolve(cfg.data.data, cfg.data.path_col, cfg.data.label_col, cfg.data.allow_outside)
+    source = sources.resolve(cfg.data.data, **C.label_file_options(cfg))
     if ckpt["classes"] != source.classes:
         raise UserError(f"cannot resume {run_dir}: the classes changed ({', '.join(ckpt['classes'])} → "
                         f"{', '.join(source.classes)})")
@@ -170,13 +175,21 @@ def _fit(cfg: C.Config, source: sources.Source, run_dir: Path | None, checkpoint
         run_dir = Path(broadcast_object(dist, str(run_dir) if run_dir else None))
         if dist.is_main:
             atomic_write(RunDir(run_dir).config, C.dump_yaml(cfg))
+    notes = list(source.notes)
     if checkpoint is not None:
         splits = read_manifest(RunDir(run_dir).split, source)
     else:
-        splits = split_source(source, cfg.data.val_fraction, cfg.data.test_fraction, t.seed)
+        splits = split_source(source, cfg.data.val_fraction, cfg.data.test_fraction, t.seed, cfg.data.stratify_col,
+                              notes)
         if dist.is_main:
             atomic_write(RunDir(run_dir).split, manifest_csv(source, splits))
     td = load_train_data(cfg, source, splits, device, dist, progress)
+    td.data_summary["split"] = balance(source, splits)
+    if dist.is_main:
+        for note in notes:
+            print(f"note: {note}", file=sys.stderr)
+        if cfg.data.group_col or cfg.data.stratify_col:
+            print(describe_balance(td.data_summary["split"]), file=sys.stderr)
     autocast = pick_precision(t.precision, device)
     if t.precision == "auto":
         cfg, autocast = _resolve_precision(cfg, td, device, autocast, run_dir if dist.is_main else None)
@@ -227,7 +240,7 @@ def _resolve_precision(cfg: C.Config, td: TrainData, device, autocast, run_dir: 
     from ..device import remembered_bf16_choice
 
     if device.type == "cpu" and autocast is not None:
-        x, _ = next(iter(td.train_batches))
+        x = next(iter(td.train_batches))[0]
         autocast = torch.bfloat16 if remembered_bf16_choice(cfg.model.model, td.model, x) else None
     cfg = cfg.updated(precision="bf16" if autocast == torch.bfloat16 else "fp16" if autocast else "fp32")
     if run_dir is not None:
@@ -256,12 +269,13 @@ def prepare(data: str, progress: bool = False, **overrides) -> tuple[C.Config, T
     user = {k: v for k, v in overrides.items() if v is not None}
     user["data"] = data
     C.from_dict(user)
-    source = sources.resolve(data, user.get("path_col", ""), user.get("label_col", ""), bool(user.get("allow_outside")))
+    source = sources.resolve(data, **C.label_file_options(user))
     cfg = resolve_config(user, source)
     device = pick_device(cfg.train.device)
     set_threads(cfg.train.threads)
     seed_everything(cfg.train.seed)
-    splits = split_source(source, cfg.data.val_fraction, cfg.data.test_fraction, cfg.train.seed)
+    splits = split_source(source, cfg.data.val_fraction, cfg.data.test_fraction, cfg.train.seed,
+                          cfg.data.stratify_col)
     td = load_train_data(cfg, source, splits, device, Dist(), progress)
     return cfg, td, device, pick_precision(cfg.train.precision, device)
 

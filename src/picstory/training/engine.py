@@ -99,8 +99,13 @@ class Learner:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.autocast_dtype)
 
-    def loss_fn(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(logits.float(), y, weight=self.loss_weight, label_smoothing=self.label_smoothing)
+    def loss_fn(self, logits: torch.Tensor, y: torch.Tensor, w: torch.Tensor | None = None) -> torch.Tensor:
+        if w is None:
+            return F.cross_entropy(logits.float(), y, weight=self.loss_weight, label_smoothing=self.label_smoothing)
+        # per-sample weights (--weight-col): a weighted mean, so the loss keeps its scale whatever the weights' unit
+        each = F.cross_entropy(logits.float(), y, weight=self.loss_weight, label_smoothing=self.label_smoothing,
+                               reduction="none")
+        return (each * w).sum() / w.sum().clamp(min=1e-12)
 
     def fit(self) -> None:
         self.emit("on_fit_start")
@@ -129,12 +134,12 @@ class Learner:
         loss_sum = torch.zeros((), device=self.device)
         correct = torch.zeros((), device=self.device)
         seen = 0
-        for x, y in self.train_batches:
+        for x, y, *w in self.train_batches:  # a third element: per-sample loss weights
             self.current_lr = self.lr * self.schedule(self.step)
             set_lr(opt, self.current_lr)
             with self.autocast():
                 logits = model(x)
-            loss = self.loss_fn(logits, y)
+            loss = self.loss_fn(logits, y, w[0] if w else None)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if self.grad_clip > 0:
@@ -162,7 +167,7 @@ class Learner:
         loss_sum = torch.zeros((), device=self.device)
         n = 0
         self.val_batches.size = self.train_batches.size
-        for x, y in self.val_batches:
+        for x, y, *_ in self.val_batches:
             with self.autocast():
                 logits = model(x)
             loss_sum += F.cross_entropy(logits.float(), y, reduction="sum")

@@ -24,6 +24,8 @@ class Split:
     images: torch.Tensor  # uint8 N×C×H×W (channels_last storage), on CPU
     labels: torch.Tensor  # int64 N
     paths: list[str]
+    weights: torch.Tensor | None = None  # float32 N, --weight-col (None: every image weighs 1)
+    records: list = field(default_factory=list)  # the Record of each image: group and columns for per-group metrics
 
 
 @dataclass
@@ -64,6 +66,8 @@ def load_train_data(cfg: C.Config, source: Source, splits: dict[str, list[int]],
     train, val = parts["train"], parts["val"]
     counts = torch.bincount(train.labels, minlength=len(classes)).float()
     loss_weight = None
+    if train.weights is not None and float(train.weights.sum()) <= 0:
+        raise ConfigError(f"--weight-col {cfg.data.weight_col}: every training weight is 0; nothing would be learnt")
     if t.class_weights == "auto":
         loss_weight = (counts.sum() / (len(classes) * counts.clamp(min=1))).to(device)
     sample_weights = (1.0 / counts.clamp(min=1))[train.labels] if t.balanced_sampling else None
@@ -74,7 +78,8 @@ def load_train_data(cfg: C.Config, source: Source, splits: dict[str, list[int]],
                                   augment=cfg.augment, shuffle=True,
                                   drop_last=len(train.labels) // dist.world_size > batch,
                                   seed=t.seed, rank=dist.rank, world_size=dist.world_size, device=device,
-                                  sample_weights=sample_weights, size=cfg.data.img_size, num_classes=len(classes))
+                                  sample_weights=sample_weights, size=cfg.data.img_size, num_classes=len(classes),
+                                  loss_weights=train.weights)
     # validation: an uneven shard per rank, not cut to equal length, so the all-reduced metrics count every sample
     val_images, val_labels = eval_shard(on_device[1], val.labels.to(on_device[1].device), dist)
     val_batches = BatchIterator(val_images, val_labels, cfg.eval.eval_batch_size, mean, std, augment=None,
@@ -123,7 +128,9 @@ def _load_splits(cfg: C.Config, source: Source, splits: dict[str, list[int]], di
         arr = np.ascontiguousarray(cached.images[rows]) if len(rows) else np.zeros((0, size, size, 1), np.uint8)
         images = torch.from_numpy(arr).permute(0, 3, 1, 2)  # NHWC storage = channels_last NCHW view
         labels = torch.tensor([index[source.records[i].label] for i in idx], dtype=torch.long)
-        parts[name] = Split(images, labels, [source.display_path(source.records[i]) for i in idx])
+        recs = [source.records[i] for i in idx]
+        weights = torch.tensor([r.weight for r in recs], dtype=torch.float32) if cfg.data.weight_col else None
+        parts[name] = Split(images, labels, [source.display_path(r) for r in recs], weights, recs)
     return parts, bad
 
 
@@ -236,6 +243,8 @@ def _bundle_saver(cfg: C.Config, source: Source, td: TrainData) -> Callable:
             "num_classes": len(td.classes), "classes": td.classes, "in_chans": int(cfg.data.channels),
             "img_size": final_size, "fit": cfg.data.fit, "mean": list(td.mean), "std": list(td.std),
             "data": cfg.data.data, "data_fingerprint": source.fingerprint()}
+    if source.label_map:  # label value in the file → class the model predicts
+        meta["label_map"] = dict(source.label_map)
 
     def save(directory: Path, model: torch.nn.Module, metrics: dict) -> None:
         save_bundle(directory, model, {**meta, "metrics": metrics})
