@@ -20,11 +20,12 @@ def train(data=None, **kwargs):
     return _train(data, **kwargs)
 
 
-def evaluate(run, data=None, tta: str = "none") -> dict:
-    """Metrics of a run's best model on its test split, or on another data set with the same classes."""
+def evaluate(run, data=None, tta: str = "none", **options) -> dict:
+    """Metrics of a run's best model on its test split, or on another data set with the same classes; ``options``
+    are the eval options (``report_by="camera"``, label-file columns of ``data``: see ``picstory eval --help``)."""
     from .pipeline import evaluate as _evaluate
 
-    return _evaluate(run, data=data, tta=tta)
+    return _evaluate(run, data=data, tta=tta, **options)
 
 
 def load(target, device: str = "cpu", backend: str = "torch"):

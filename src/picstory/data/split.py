@@ -138,6 +138,10 @@ def group_split(keys: Sequence[str], groups: Sequence[str], fractions: dict[str,
                 notes.append(f"every group is larger than the {s} share ({share[s]:.0%}); {s} holds one, "
                              f"'{_name(order[gi])}' ({int(sizes[gi])} images, {sizes[gi] / n:.0%}), the group "
                              "closest to the data's class balance")
+    at = np.array([names.index(where[g]) for g in order])
+    cap = np.array([np.inf] + [max(t, 1.0) for t in target_size[1:]])
+    _improve_by_swaps(at, np.c_[counts, sizes], np.c_[target, target_size], np.r_[scale, 1.0 / n], cap)
+    where = {g: names[at[gi]] for gi, g in enumerate(order)}
     if notes is not None:
         for s, big in too_big.items():
             shown = ", ".join(f"'{_name(order[g])}' ({int(sizes[g])})" for g in big[:5])
@@ -145,6 +149,34 @@ def group_split(keys: Sequence[str], groups: Sequence[str], fractions: dict[str,
             notes.append(f"group(s) {shown}{more} hold more than the {s} share ({share[s]:.0%} of {n} images) "
                          f"and stay out of {s}")
     return [where[g] for g in groups]
+
+
+def _improve_by_swaps(at: np.ndarray, counts: np.ndarray, target: np.ndarray, scale: np.ndarray, cap: np.ndarray,
+                      rounds: int = 200, max_pairs: int = 4_000_000) -> None:
+    """Greedy placement, then the best improving swap of two groups between two splits until none improves
+    (the cost: squared, scaled distance of each split's counts to its target). Swaps keep each split's number of
+    groups, so no split empties; a swap that puts a group above a split's size cap is not taken."""
+    w = scale ** 2
+    for _ in range(rounds):
+        have = np.stack([counts[at == s].sum(0) for s in range(len(target))])
+        err = have - target
+        best = (0.0, None)
+        for a in range(len(target)):
+            for b in range(a + 1, len(target)):
+                ia, ib = np.flatnonzero(at == a), np.flatnonzero(at == b)
+                if not len(ia) or not len(ib) or len(ia) * len(ib) * counts.shape[1] > max_pairs:
+                    continue
+                d = counts[ib][None, :, :] - counts[ia][:, None, :]  # a gains group j, loses group i
+                delta = (w * (2 * d * (err[a] - err[b]) + 2 * d * d)).sum(-1)
+                sizes_a, sizes_b = counts[ia, -1][:, None], counts[ib, -1][None, :]
+                delta[(sizes_b > cap[a]) | (sizes_a > cap[b])] = np.inf
+                k = np.unravel_index(np.argmin(delta), delta.shape)
+                if delta[k] < best[0] - 1e-12:
+                    best = (delta[k], (ia[k[0]], ib[k[1]], a, b))
+        if best[1] is None:
+            return
+        i, j, a, b = best[1]
+        at[i], at[j] = b, a
 
 
 def _name(group: str) -> str:
