@@ -69,7 +69,9 @@ def cmd_eval(args: argparse.Namespace, argv: list[str]) -> int:
     if not r:
         raise UserError(f"{args.run}: the run has no test split to evaluate; pass DATA")
     weighted = f"  weighted {r['weighted_accuracy']:.4f}" if "weighted_accuracy" in r else ""
-    print(f"{r['split']} accuracy {r['accuracy']:.4f}{weighted}  top-5 {r.get('top5_accuracy', float('nan')):.4f}  "
+    top = next((k for k in r if k.startswith("top") and k.endswith("_accuracy")), "top5_accuracy")
+    print(f"{r['split']} accuracy {r['accuracy']:.4f}{weighted}  {top[:-9].replace('top', 'top-')} "
+          f"{r.get(top, float('nan')):.4f}  "
           f"loss {r['loss']:.4f}  ({r['n']} images, tta {r['tta']})")
     worst = sorted(r["per_class"], key=lambda c: c["f1"])[:3]
     print("weakest classes: " + ", ".join(f"{c['class']} (F1 {c['f1']:.2f})" for c in worst))
