@@ -29,11 +29,11 @@ class DataCheckOptions:
 @dataclass(frozen=True)
 class EvalOptions:
     tta: str = opt("none", "test-time augmentation", choices=TTA_MODES)
-    report_by: str = opt("", "label-file column for per-group metrics (default: the run's --report-by or --group-col)")
-    path_col: str = opt("", "DATA's column with image paths (default: the run's)")
-    label_col: str = opt("", "DATA's column with labels (default: the run's)")
-    group_col: str = opt("", "DATA's group column (default: the run's)")
-    weight_col: str = opt("", "DATA's sample-weight column (default: the run's)")
+    report_by: str = opt("", "label-file column for per-group metrics; none: the run's --report-by or --group-col")
+    path_col: str = opt("", "DATA's column with image paths; none: the run's")
+    label_col: str = opt("", "DATA's column with labels; none: the run's")
+    group_col: str = opt("", "DATA's group column; none: the run's")
+    weight_col: str = opt("", "DATA's sample-weight column; none: the run's")
     allow_outside: bool = opt(False, "use DATA rows whose path leaves the label file's folder")
 
 
