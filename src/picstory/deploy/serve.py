@@ -55,7 +55,7 @@ from ..data.decode import DecodeError, ImageInfo, probe
 from ..device import cores
 from ..errors import UserError
 from ..options import PREDICT, SERVE
-from .log import Entry, PredictionLog, default_log_path
+from .log import Entry, PredictionLog, check_log_path, default_log_path
 from .predict import load, preprocess
 
 DEFAULT_MAX_PIXELS = SERVE.max_pixels  # a 40 MP photo; decoding one takes ~120 MB: the limit bounds memory
@@ -418,6 +418,9 @@ def _process_app(target: str | Path, **kw: Any) -> FastAPI:
     inconsistent bundle a one-line error."""
     predictor = load(target, kw.get("device", "cpu"), kw.get("backend", "torch"))
     check_bundle(predictor)
+    bundle = getattr(predictor, "bundle_dir", None)
+    if kw.get("log_path") or bundle is not None:  # the lifespan opens it again; failing there is a traceback
+        check_log_path(kw.get("log_path") or default_log_path(bundle))
     # imports and model are ~270k long-lived objects; left in view, each full collection paused every request
     # for ~120 ms under load (bench/serve_load.py p99). Frozen, the collector only walks per-request garbage.
     gc.collect()
