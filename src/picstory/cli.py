@@ -14,6 +14,7 @@ from . import commands
 from . import config as C
 from . import options as O
 from .errors import UserError
+from .files import DISK_FULL, disk_full
 
 TRAIN_SECTIONS = ("data", "model", "augment", "train", "eval", "run")
 
@@ -187,6 +188,18 @@ def main(argv: list[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())  # no second error when Python flushes stdout at exit
         return 1
+    except OSError as e:  # a path the system refused (read-only, full, gone) that no command named itself
+        if args.debug:
+            raise
+        print(f"error: {_os_error(e)}", file=sys.stderr)
+        return 1
+
+
+def _os_error(e: OSError) -> str:
+    where = e.filename or "a file"
+    if e.errno in DISK_FULL and e.filename:
+        return str(disk_full(e.filename))
+    return f"cannot write or read {where}: {e.strerror or e}; choose a writable folder or check the path"
 
 
 def run_command(args: argparse.Namespace, argv: list[str]) -> int | None:

@@ -111,7 +111,8 @@ def cmd_serve(args: argparse.Namespace, argv: list[str]) -> int:
 
     serve(args.run, host=args.host, port=args.port, workers=args.workers, backend=args.backend,
           log_path=args.log, store_inputs=args.store_inputs, max_body_bytes=int(args.max_body_mb * 2**20),
-          max_pixels=args.max_pixels, store_cap_mb=args.store_cap_mb, device=args.device)
+          max_pixels=args.max_pixels, store_cap_mb=args.store_cap_mb, device=args.device,
+          read_timeout=args.read_timeout, max_uploads=args.max_uploads)
     return 0
 
 

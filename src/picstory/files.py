@@ -7,9 +7,11 @@ crash) never sees half a file, and the previous version stays intact until the n
 from __future__ import annotations
 
 import base64
+import errno
 import io
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -50,9 +52,51 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def _mount_point(path: Path) -> Path:
+    path = Path(os.path.abspath(path))
+    while not path.exists():
+        path = path.parent
+    while not os.path.ismount(path):
+        path = path.parent
+    return path
+
+
+def _mb(n: int) -> str:
+    return f"{n / 2**20:,.1f} MB"
+
+
+def disk_full(path: str | Path, needed: int | None = None) -> UserError:
+    """The one line for ENOSPC: which disk (mount point) and folder, how much was needed and how much is free."""
+    folder = Path(os.path.abspath(path)).parent
+    mount = _mount_point(folder)
+    try:
+        free = f"{_mb(shutil.disk_usage(mount).free)} free"
+    except OSError:
+        free = "free space unknown"
+    need = f"{_mb(needed)} needed, " if needed else ""
+    return UserError(f"the disk at {mount} is full while writing {path} ({need}{free}); free some space there or "
+                     "choose another folder")
+
+
+def reserve(fd: int, size: int) -> None:
+    """Allocate ``size`` bytes of the file now, so a full disk is an OSError (ENOSPC) here and not a SIGBUS when a
+    memmap page is first written (a sparse file has no blocks yet). Filesystems without fallocate skip this."""
+    if size <= 0 or not hasattr(os, "posix_fallocate"):
+        return
+    try:
+        os.posix_fallocate(fd, 0, size)
+    except OSError as e:
+        if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+            raise
+
+
 def write_durable(path: Path, data: bytes) -> None:
     """Write and fsync a file inside a temporary directory that is renamed into place as a whole."""
     with open(path, "wb") as f:
+        reserve(f.fileno(), len(data))
         f.write(data)
         f.flush()
         os.fsync(f.fileno())
@@ -68,6 +112,7 @@ def atomic_write(path: str | Path, data: bytes | str, *, user_error: bool = True
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         try:
             with os.fdopen(fd, "wb") as f:
+                reserve(f.fileno(), len(data))
                 f.write(data)
                 f.flush()
                 os.fsync(f.fileno())
@@ -80,6 +125,8 @@ def atomic_write(path: str | Path, data: bytes | str, *, user_error: bool = True
     except OSError as e:
         if not user_error:
             raise
+        if e.errno in DISK_FULL:
+            raise UserError(f"{disk_full(path, len(data))}; the previous file is intact") from None
         raise UserError(f"could not write {path}: {e.strerror or e}; the previous file is intact") from None
 
 

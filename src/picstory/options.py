@@ -64,6 +64,8 @@ class ServeOptions:
     max_pixels: int = opt(40_000_000, "largest image in pixels (→ 413)", min=1)
     store_cap_mb: float | None = opt(None, "size cap of --store-inputs in MB (the oldest go)")
     device: str = opt("cpu", "device", choices=("cpu", "cuda"))
+    read_timeout: float = opt(5.0, "seconds a client may take to send a request body (→ 408)", min=0.1)
+    max_uploads: int = opt(128, "request bodies read at once, apart from the inference queue (→ 503)", min=1)
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,7 @@ from PIL import Image
 
 from ..config import FITS
 from ..device import cores
-from ..files import atomic_write, cache_root
+from ..files import DISK_FULL, atomic_write, cache_root, disk_full, reserve
 from .decode import DECODER_VERSION, MAX_PIXELS, DecodeError, decode_pil, is_gray_mode, probe
 
 # Bilinear in PIL is antialiased (its support widens with the reduction), matches torchvision's default Resize used
@@ -158,6 +158,16 @@ def _build(store: "_Store", memo: "_Fingerprints", paths: list[str], stats: list
             memo.update(paths, stats, keys)
             return view
     rows, tmp = store.create(len(paths))
+    try:
+        return _fill(store, memo, paths, stats, keys, size, channels, fit, workers, progress, index, rows)
+    finally:
+        tmp.unlink(missing_ok=True)  # published under its name by then, or a leftover of a failed fill
+
+
+def _fill(store: "_Store", memo: "_Fingerprints", paths: list[str], stats: list, keys: list[str | None], size: int,
+          channels: int, fit: str, workers: int, progress: bool, index: dict,
+          rows: np.memmap) -> tuple[np.ndarray, dict[int, str]]:
+    tmp = Path(rows.filename)
     bad: dict[int, str] = {}
     cached = {r: index[k] for r, k in enumerate(keys) if k in index}
     bad.update((r, reason) for r, (_, _, reason) in cached.items() if reason)  # known-bad content: zero rows
@@ -292,9 +302,17 @@ class _Store:
     def create(self, n: int) -> tuple[np.memmap, Path]:
         self.path.mkdir(parents=True, exist_ok=True)
         tmp = self.path / f".{os.getpid()}-{os.urandom(6).hex()}.u8.tmp"
-        with open(tmp, "wb") as f:
-            f.truncate(n * self.row_bytes)  # sparse zeros: bad rows cost nothing
-        return np.memmap(tmp, np.uint8, mode="r+", shape=(n, *self.row_shape)), tmp
+        try:
+            with open(tmp, "wb") as f:
+                f.truncate(n * self.row_bytes)
+                # blocks reserved now: on a full disk a sparse file fails later, as SIGBUS on a memmap page write
+                reserve(f.fileno(), n * self.row_bytes)
+            return np.memmap(tmp, np.uint8, mode="r+", shape=(n, *self.row_shape)), tmp
+        except BaseException as e:
+            tmp.unlink(missing_ok=True)  # a partial file would keep the disk full
+            if isinstance(e, OSError) and e.errno in DISK_FULL:
+                raise disk_full(self.path / f"{n} cached images", n * self.row_bytes) from None
+            raise
 
     def copy_rows(self, rows: np.memmap, cached: dict[int, tuple[str, int, str]]) -> set[int]:
         """Copy cached rows view by view; returns the rows whose source view could not be read."""
@@ -320,7 +338,13 @@ class _Store:
         os.replace(tmp, self.path / f"{name}.u8")
         meta = {"decoder": DECODER_VERSION, "shape": list(self.row_shape), "keys": keys, "paths": paths,
                 "bad": {str(r): reason for r, reason in sorted(bad.items())}}
-        atomic_write(self.path / f"{name}.json", json.dumps(meta).encode(), user_error=False)
+        try:
+            atomic_write(self.path / f"{name}.json", json.dumps(meta).encode(), user_error=False)
+        except OSError as e:  # rows without metadata are invisible: drop them rather than fill the disk
+            (self.path / f"{name}.u8").unlink(missing_ok=True)
+            if e.errno in DISK_FULL:
+                raise disk_full(self.path / f"{name}.json") from None
+            raise
 
     def collect(self, keep: str) -> None:
         """Remove views the new one supersedes: each row's content is in it, its path was edited, or it is gone."""

@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..errors import UserError
 from ..models.bundle import find_bundle
 
 SCHEMA = """
@@ -124,14 +125,24 @@ class InputStore:
             oldest.unlink(missing_ok=True)
 
 
+def check_log_path(path: str | Path) -> None:
+    """Create the log (and its folder) or say in one line why not: read-only disk, a folder in the way, …"""
+    path = Path(path).expanduser()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        connect(path).close()
+    except (OSError, sqlite3.Error) as e:
+        raise UserError(f"cannot open the prediction log {path}: {getattr(e, 'strerror', None) or e}; "
+                        "choose a writable path with --log") from None
+
+
 class PredictionLog:
     """Thread-safe, non-blocking prediction log: ``record()`` queues, one thread inserts in batches."""
 
     def __init__(self, path: str | Path, store_inputs: str | Path | None = None, store_cap_mb: float | None = None,
                  max_pending: int = 10_000):
         self.path = Path(path).expanduser().resolve()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        connect(self.path).close()  # create the file now, so a bad path fails at start-up, not on a request
+        check_log_path(self.path)  # create the file now, so a bad path fails at start-up, not on a request
         self.store = InputStore(store_inputs, store_cap_mb) if store_inputs else None
         self.dropped = 0  # rows lost because the writer fell max_pending behind
         self._queue: queue.Queue = queue.Queue(maxsize=max_pending)

@@ -16,8 +16,11 @@ Endpoints (no endpoint takes a model path or URL)::
 
 Every error is ``{"error": {"code", "message"}}``, a 4xx for the client's mistakes: 400 empty body, 413 body over
 ``max_body_bytes`` (counted while reading) or image over ``max_pixels`` (from the header), 415 not an image,
-422 corrupt image / missing field / bad parameter; 503 + Retry-After when ``max_queue`` requests are in flight or
-the model is not ready. Good images are decoded in a thread pool and queued; one inference thread runs up to
+422 corrupt image / missing field / bad parameter; 408 when the body takes over ``read_timeout`` seconds to
+arrive; 503 + Retry-After when ``max_uploads`` bodies are being received, when ``max_queue`` requests are in flight
+or the model is not ready. A request joins the inference queue only once its body is read and its images decoded,
+so slow clients hold an upload slot (bounded, timed) and never a queue place. Good images are decoded in a thread
+pool and queued; one inference thread runs up to
 ``max_batch`` of them as one batch (waiting ≤ ``max_wait_ms`` for company). A background thread logs every
 prediction to SQLite (picstory.monitor.log).
 """
@@ -50,8 +53,9 @@ from starlette.requests import ClientDisconnect
 from .._version import __version__
 from ..data.decode import DecodeError, ImageInfo, probe
 from ..device import cores
+from ..errors import UserError
 from ..options import PREDICT, SERVE
-from .log import Entry, PredictionLog, default_log_path
+from .log import Entry, PredictionLog, check_log_path, default_log_path
 from .predict import load, preprocess
 
 DEFAULT_MAX_PIXELS = SERVE.max_pixels  # a 40 MP photo; decoding one takes ~120 MB: the limit bounds memory
@@ -141,17 +145,20 @@ class _Service:
     """Everything one app instance owns: the predictor, the batcher, the log and the limits."""
 
     def __init__(self, target: Any, backend: str, device: str, log_path, store_inputs, store_cap_mb,
-                 max_body_bytes: int, max_pixels: int, max_queue: int, max_batch: int, max_wait_ms: float):
+                 max_body_bytes: int, max_pixels: int, max_queue: int, max_batch: int, max_wait_ms: float,
+                 read_timeout: float = SERVE.read_timeout, max_uploads: int = SERVE.max_uploads):
         self.target, self.backend, self.device = target, backend, device
         self.predictor = None if isinstance(target, (str, Path)) else target
         self.log_args = (log_path, store_inputs, store_cap_mb)
         self.max_body_bytes, self.max_pixels, self.max_queue = max_body_bytes, max_pixels, max_queue
+        self.read_timeout, self.max_uploads = read_timeout, max_uploads
         self.batcher = MicroBatcher(lambda x: self.predictor.predict_proba(x), max_batch, max_wait_ms,
                                     busy=lambda: self.preparing > 0)
         self.decode_slots = anyio.CapacityLimiter(max(2, cores()))
         self.log, self.ready = None, False
         self.in_flight = 0  # admitted requests: the queue bound
-        self.preparing = 0  # admitted requests whose images are not queued yet: worth waiting for
+        self.preparing = 0  # requests decoding their images, about to be queued: worth waiting for
+        self.uploading = 0  # requests whose body is being received
 
     def model_ref(self) -> dict:
         return {"name": self.predictor.meta["arch"], "sha256": self.predictor.meta.get("sha256")}
@@ -176,33 +183,51 @@ class _Service:
             self.log.close()
 
     @contextlib.contextmanager
-    def admit(self):
+    def upload(self):
+        """A slot for receiving a body: bounded apart from the queue, so slow senders cannot fill the queue."""
         if not self.ready:
             raise ApiError(503, *NOT_READY)
+        if self.uploading >= self.max_uploads:
+            raise ApiError(503, "too_many_uploads", f"{self.max_uploads} uploads are already being received; "
+                           "retry shortly", {"Retry-After": "1"})
+        self.uploading += 1
+        try:
+            yield
+        finally:
+            self.uploading -= 1
+
+    @contextlib.contextmanager
+    def admit(self):
+        """A place in the inference queue, taken only with decoded images in hand."""
         if self.in_flight >= self.max_queue:
             raise ApiError(503, "queue_full", f"{self.max_queue} requests are already waiting; retry shortly",
                            {"Retry-After": "1"})
         self.in_flight += 1
-        self.preparing += 1  # the handler takes it back once its images are queued
         try:
             yield
         finally:
             self.in_flight -= 1
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
-    """The body, refused with 413 as soon as it passes ``limit`` bytes (Content-Length is only a first check)."""
+async def _read_body(request: Request, limit: int, timeout: float) -> bytes:
+    """The body, refused with 413 as soon as it passes ``limit`` bytes (Content-Length is only a first check) and
+    with 408 when it has not all arrived within ``timeout`` seconds (a whole-body deadline: a client dripping one
+    byte at a time never trips an idle timeout)."""
     too_big = ApiError(413, "body_too_large", f"the request body is over the limit of {limit / 2**20:g} MB")
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
         raise too_big
     chunks, total = [], 0
     try:
-        async for chunk in request.stream():
-            total += len(chunk)
-            if total > limit:
-                raise too_big
-            chunks.append(chunk)
+        async with asyncio.timeout(timeout):
+            async for chunk in request.stream():
+                total += len(chunk)
+                if total > limit:
+                    raise too_big
+                chunks.append(chunk)
+    except TimeoutError:
+        raise ApiError(408, "read_timeout", f"the request body did not arrive within {timeout:g} s ({total} bytes "
+                       "received); send it faster or in one piece", {"Connection": "close"}) from None
     except ClientDisconnect:  # nobody is left to answer; keep it out of the error log
         raise ApiError(400, "client_disconnected", "the client closed the connection mid-body") from None
     return b"".join(chunks)
@@ -280,14 +305,17 @@ def _routes(app: FastAPI, service: _Service, page: str) -> None:
         """One image (field `file` or a raw image/* body) → `{"input", "predictions": [{"label", "probability"}],
         "model": {"name", "sha256"}, "latency_ms"}`; several (`files`) → `{"results": [...], "model", ...}`."""
         start = time.perf_counter()
-        with service.admit():
-            try:
-                body = await _read_body(request, service.max_body_bytes)
+        with contextlib.ExitStack() as queued:
+            with service.upload():
+                body = await _read_body(request, service.max_body_bytes, service.read_timeout)
                 images, several = await _uploads(request, body, service.batcher.max_batch)
-                await asyncio.gather(*(_prepare(service, img) for img in images))
-                futures = service.batcher.enqueue([img.tensor for img in images])
-            finally:
-                service.preparing -= 1  # queued (or failed): no batch needs to wait for it any more
+                service.preparing += 1
+                try:
+                    await asyncio.gather(*(_prepare(service, img) for img in images))
+                    queued.enter_context(service.admit())
+                    futures = service.batcher.enqueue([img.tensor for img in images])
+                finally:
+                    service.preparing -= 1  # queued (or failed): no batch needs to wait for it any more
             probs = await asyncio.gather(*futures)
         latency_ms = round((time.perf_counter() - start) * 1000, 2)
         classes, order = service.predictor.classes, np.argsort(-np.stack(probs), axis=1, kind="stable")[:, :top_k]
@@ -346,12 +374,13 @@ def _handlers(app: FastAPI) -> None:
 def create_app(target: str | Path | Any, backend: str = SERVE.backend, log_path: str | Path | None = None,
                store_inputs: str | Path | None = None, max_body_bytes: int = int(SERVE.max_body_mb * 2**20),
                max_pixels: int = DEFAULT_MAX_PIXELS, max_queue: int = 64, max_batch: int = 32,
-               max_wait_ms: float = 5.0, device: str = SERVE.device, store_cap_mb: float | None = None) -> FastAPI:
+               max_wait_ms: float = 5.0, device: str = SERVE.device, store_cap_mb: float | None = None,
+               read_timeout: float = SERVE.read_timeout, max_uploads: int = SERVE.max_uploads) -> FastAPI:
     """The app for ``target``, a run or bundle directory (or a loaded Predictor), loaded and warmed in the lifespan
     start-up (/health/ready is 503 until then). ``log_path`` defaults to RUN/predictions.sqlite; ``store_inputs``
     keeps each input as DIR/<sha256>.<ext>."""
     service = _Service(target, backend, device, log_path, store_inputs, store_cap_mb, max_body_bytes, max_pixels,
-                       max_queue, max_batch, max_wait_ms)
+                       max_queue, max_batch, max_wait_ms, read_timeout, max_uploads)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI):
@@ -369,9 +398,29 @@ def create_app(target: str | Path | Any, backend: str = SERVE.backend, log_path:
     return app
 
 
+def check_bundle(predictor: Any) -> None:
+    """One synthetic image through the decode, preprocess and model a request takes: a bundle whose parts disagree
+    (image size, channels, mean/std, class count) is refused at start instead of answering 500 to every request."""
+    meta, where = predictor.meta, getattr(predictor, "bundle_dir", None) or getattr(predictor, "source", "the model")
+    try:
+        probs = predictor.predict_proba(preprocess(np.full((37, 29, 3), 128, np.uint8), meta)[None])
+        if probs.shape != (1, len(predictor.classes)):
+            raise ValueError(f"the model gives {probs.shape[-1]} scores for {len(predictor.classes)} classes")
+    except UserError:
+        raise
+    except Exception as e:  # anything here would fail every request the same way
+        raise UserError(f"{where}: the bundle is inconsistent, refusing to serve it ({type(e).__name__}: "
+                        f"{str(e).splitlines()[0] if str(e) else 'no detail'}); export or train it again") from None
+
+
 def _process_app(target: str | Path, **kw: Any) -> FastAPI:
-    """A server process's app. Loading first makes a wrong path or a corrupt bundle a one-line error."""
+    """A server process's app. Loading and one trial prediction first make a wrong path or a corrupt or
+    inconsistent bundle a one-line error."""
     predictor = load(target, kw.get("device", "cpu"), kw.get("backend", "torch"))
+    check_bundle(predictor)
+    bundle = getattr(predictor, "bundle_dir", None)
+    if kw.get("log_path") or bundle is not None:  # the lifespan opens it again; failing there is a traceback
+        check_log_path(kw.get("log_path") or default_log_path(bundle))
     # imports and model are ~270k long-lived objects; left in view, each full collection paused every request
     # for ~120 ms under load (bench/serve_load.py p99). Frozen, the collector only walks per-request garbage.
     gc.collect()
@@ -396,7 +445,7 @@ def serve(target: str | Path, host: str = SERVE.host, port: int = SERVE.port, wo
     if workers <= 1:
         uvicorn.run(_process_app(target, **kw), **opts)
         return
-    load(target, kw.get("device", "cpu"), kw.get("backend", "torch"))  # fail once, here, not in every worker
+    check_bundle(load(target, kw.get("device", "cpu"), kw.get("backend", "torch")))  # fail once, not per worker
     os.environ[CONFIG_ENV] = json.dumps({"target": str(target), **{k: str(v) if isinstance(v, Path) else v
                                                                    for k, v in kw.items()}})
     uvicorn.run(f"{__name__}:app_from_env", factory=True, workers=workers, **opts)

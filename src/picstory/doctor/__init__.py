@@ -168,6 +168,14 @@ def export_relabel(run_dir: str | Path, out_dir: str | Path) -> int:
     spec = Path(data_spec(run))
     if spec.is_dir() and out.resolve().is_relative_to(spec.resolve()):
         raise UserError(f"--export-relabel {out}: is inside the data folder {spec}; choose a folder outside it")
+    try:  # made even when nothing is to check, so an unwritable folder is said now and not on a later run
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".picstory-write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise UserError(f"--export-relabel {out}: cannot write there ({e.strerror or e}); choose a writable "
+                        "folder") from None
     rows = []
     for n, s in enumerate((run.get("eval") or {}).get("suspects") or []):
         folder = out / _safe_name(s.get("label", "unknown"))

@@ -25,7 +25,7 @@ from torch import nn
 
 from .._version import __version__
 from ..errors import UserError
-from ..files import atomic_write, fsync_dir, public_mode, write_durable
+from ..files import DISK_FULL, atomic_write, disk_full, fsync_dir, public_mode, write_durable
 from .registry import check_model_kwargs
 from .wrappers import unwrap
 
@@ -90,18 +90,29 @@ def save_bundle(directory: str | Path, model: nn.Module, meta: dict) -> Path:
         "picstory_version": __version__,
     })
     meta.pop("exports", None)  # exports belong to the weights they were made from
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    recover(directory, clean=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", suffix=".tmp", dir=directory.parent))
+    try:
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        recover(directory, clean=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", suffix=".tmp", dir=directory.parent))
+    except OSError as e:
+        raise _write_error(directory, e, len(weights)) from None
     try:
         write_durable(tmp / WEIGHTS_FILE, weights)
         write_durable(tmp / META_FILE, json.dumps(meta, indent=2, sort_keys=True).encode() + b"\n")
         fsync_dir(tmp)
         public_mode(tmp, is_dir=True)
         _swap_in(tmp, directory)
+    except OSError as e:  # the old bundle (if any) is still in place: _swap_in renames only complete folders
+        raise _write_error(directory, e, len(weights)) from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return directory
+
+
+def _write_error(directory: Path, e: OSError, needed: int) -> UserError:
+    if e.errno in DISK_FULL:
+        return UserError(f"{disk_full(directory / WEIGHTS_FILE, needed)}; the previous bundle is intact")
+    return UserError(f"could not write the bundle {directory}: {e.strerror or e}; choose a writable folder")
 
 
 def recover(directory: Path, clean: bool = False) -> None:

@@ -139,11 +139,18 @@ def _resume(run: str | Path, progress: bool, command: str, callbacks: list | Non
     for folder in (run_dir, RunDir(run_dir).last_checkpoint.parent):  # what killed writes left behind
         remove_temp_files(folder)
     cfg = C.load_yaml(RunDir(run_dir).config)
-    ckpt = load_checkpoint(RunDir(run_dir).last_checkpoint)
     summary = read_json(RunDir(run_dir).summary)
+    if str(summary.get("stop_reason", "")).startswith("failed"):
+        raise UserError(f"{run_dir} {summary['stop_reason']}; fix that and start a new run")
     if summary.get("stop_reason") and summary["stop_reason"] != "interrupted":
         raise UserError(f"{run_dir} already finished ({summary['stop_reason']}); start a new run instead")
     source = sources.resolve(cfg.data.data, **C.label_file_options(cfg))
+    if not RunDir(run_dir).last_checkpoint.is_file() and not RunDir(run_dir).bundle.exists():
+        # stopped before its first epoch ended: nothing to continue, so it starts again in its own folder
+        print(f"{run_dir} has no finished epoch yet: training it from the start", file=sys.stderr)
+        return _fit(cfg, source, run_dir=run_dir, checkpoint=None, progress=progress, command=command,
+                    callbacks=callbacks)
+    ckpt = _checked(load_checkpoint(RunDir(run_dir).last_checkpoint), RunDir(run_dir).last_checkpoint)
     if ckpt["classes"] != source.classes:
         raise UserError(f"cannot resume {run_dir}: the classes changed ({', '.join(ckpt['classes'])} → "
                         f"{', '.join(source.classes)})")
@@ -174,39 +181,49 @@ def _fit(cfg: C.Config, source: sources.Source, run_dir: Path | None, checkpoint
         run_dir = create_run_dir(cfg.run.out, name) if dist.is_main else None
         run_dir = Path(broadcast_object(dist, str(run_dir) if run_dir else None))
         if dist.is_main:
-            atomic_write(RunDir(run_dir).config, C.dump_yaml(cfg))
+            try:
+                atomic_write(RunDir(run_dir).config, C.dump_yaml(cfg))
+            except Exception as e:
+                _mark_failed(run_dir, e)
+                raise
+    fresh = checkpoint is None and dist.is_main  # a failed start marks (or removes) only a folder it made
     notes = list(source.notes)
-    if checkpoint is not None:
-        splits = read_manifest(RunDir(run_dir).split, source)
-    else:
-        splits = split_source(source, cfg.data.val_fraction, cfg.data.test_fraction, t.seed, cfg.data.stratify_col,
-                              notes)
+    try:
+        if checkpoint is not None:
+            splits = read_manifest(RunDir(run_dir).split, source)
+        else:
+            splits = split_source(source, cfg.data.val_fraction, cfg.data.test_fraction, t.seed,
+                                  cfg.data.stratify_col, notes)
+            if dist.is_main:
+                atomic_write(RunDir(run_dir).split, manifest_csv(source, splits))
+        td = load_train_data(cfg, source, splits, device, dist, progress)
+        td.data_summary["split"] = balance(source, splits)
         if dist.is_main:
-            atomic_write(RunDir(run_dir).split, manifest_csv(source, splits))
-    td = load_train_data(cfg, source, splits, device, dist, progress)
-    td.data_summary["split"] = balance(source, splits)
-    if dist.is_main:
-        for note in notes:
-            print(f"note: {note}", file=sys.stderr)
-        if cfg.data.group_col or cfg.data.stratify_col:
-            print(describe_balance(td.data_summary["split"]), file=sys.stderr)
-    autocast = pick_precision(t.precision, device)
-    if t.precision == "auto":
-        cfg, autocast = _resolve_precision(cfg, td, device, autocast, run_dir if dist.is_main else None)
-        t = cfg.train
-    if t.lr == "auto":
-        cfg = _find_lr(cfg, td, device, autocast, run_dir if dist.is_main else None)
-        t = cfg.train
-    if dist.enabled:  # a timing probe or the LR finder may decide differently per rank: rank 0's choice holds
-        cfg = broadcast_object(dist, cfg)
-        t, autocast = cfg.train, pick_precision(cfg.train.precision, device)
-    if dist.is_main:
-        _write_env(run_dir, cfg, device, threads, autocast, source, command, dist.world_size)
-        atomic_write(RunDir(run_dir).data, json.dumps(td.data_summary, indent=1))
-    learner, model = _build_learner(cfg, td, device, autocast, dist, run_dir, progress)
-    learner.callbacks += list(callbacks or [])
-    if checkpoint is not None:
-        _restore(learner, model, checkpoint)
+            for note in notes:
+                print(f"note: {note}", file=sys.stderr)
+            if cfg.data.group_col or cfg.data.stratify_col:
+                print(describe_balance(td.data_summary["split"]), file=sys.stderr)
+        autocast = pick_precision(t.precision, device)
+        if t.precision == "auto":
+            cfg, autocast = _resolve_precision(cfg, td, device, autocast, run_dir if dist.is_main else None)
+            t = cfg.train
+        if t.lr == "auto":
+            cfg = _find_lr(cfg, td, device, autocast, run_dir if dist.is_main else None)
+            t = cfg.train
+        if dist.enabled:  # a timing probe or the LR finder may decide differently per rank: rank 0's choice holds
+            cfg = broadcast_object(dist, cfg)
+            t, autocast = cfg.train, pick_precision(cfg.train.precision, device)
+        if dist.is_main:
+            _write_env(run_dir, cfg, device, threads, autocast, source, command, dist.world_size)
+            atomic_write(RunDir(run_dir).data, json.dumps(td.data_summary, indent=1))
+        learner, model = _build_learner(cfg, td, device, autocast, dist, run_dir, progress)
+        learner.callbacks += list(callbacks or [])
+        if checkpoint is not None:
+            _restore(learner, model, checkpoint)
+    except Exception as e:
+        if fresh:
+            _mark_failed(run_dir, e)
+        raise
     start = time.perf_counter() - (checkpoint or {}).get("train_seconds", 0.0)
     learner.train_seconds = lambda: time.perf_counter() - start
     interrupted = False
@@ -233,6 +250,23 @@ def _fit(cfg: C.Config, source: sources.Source, run_dir: Path | None, checkpoint
     if interrupted:
         raise KeyboardInterrupt
     return Run(path=run_dir, summary=summary)
+
+
+def _mark_failed(run_dir: Path, error: Exception) -> None:
+    """A run that failed before training began: without config.yaml nothing lists it, so the folder goes; else
+    summary.json records the reason, `picstory runs` shows "failed: …" and --resume refuses it."""
+    reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+    try:
+        if not RunDir(run_dir).config.is_file():
+            for leftover in run_dir.iterdir():  # only the marker and temp files can be there
+                leftover.unlink(missing_ok=True)
+            run_dir.rmdir()
+            return
+        summary = {"stop_reason": f"failed: {reason}",
+                   "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+        atomic_write(RunDir(run_dir).summary, json.dumps(summary, indent=1), user_error=False)
+    except OSError:
+        pass  # an unwritable run folder: the original error is the one to report
 
 
 def _resolve_precision(cfg: C.Config, td: TrainData, device, autocast, run_dir: Path | None):
@@ -331,13 +365,29 @@ def _build_learner(cfg: C.Config, td: TrainData, device, autocast, dist: Dist, r
     return learner, model
 
 
+CHECKPOINT_KEYS = {"model": dict, "optimizer": dict, "learner": dict, "rng": dict, "classes": list, "config": str}
+
+
+def _checked(ckpt: object, path: Path) -> dict:
+    """A checkpoint that unpickles safely can still be malformed (a foreign dict, a hand-edited file)."""
+    bad = [k for k, kind in CHECKPOINT_KEYS.items() if not isinstance(ckpt, dict) or not isinstance(ckpt.get(k), kind)]
+    if bad:
+        raise UserError(f"{path}: not a picstory checkpoint (missing or malformed: {', '.join(bad)}); "
+                        "start a new run")
+    return ckpt
+
+
 def _restore(learner: Learner, model: torch.nn.Module, ckpt: dict) -> None:
-    model.load_state_dict(plain_state_dict(ckpt["model"]))  # saved through the DDP / compile wrappers
-    learner.optimizer.load_state_dict(ckpt["optimizer"])
-    if learner.eval_model is not None and "ema" in ckpt:
-        learner.eval_model.load_state_dict(ckpt["ema"])
-    learner.load_state_dict(ckpt["learner"])
-    set_rng_state(ckpt["rng"])
+    try:
+        model.load_state_dict(plain_state_dict(ckpt["model"]))  # saved through the DDP / compile wrappers
+        learner.optimizer.load_state_dict(ckpt["optimizer"])
+        if learner.eval_model is not None and "ema" in ckpt:
+            learner.eval_model.load_state_dict(ckpt["ema"])
+        learner.load_state_dict(ckpt["learner"])
+        set_rng_state(ckpt["rng"])
+    except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as e:
+        raise UserError(f"the checkpoint does not fit this run's model or optimizer ({type(e).__name__}: "
+                        f"{str(e).splitlines()[0] if str(e) else 'no detail'}); start a new run") from None
     print(f"resuming after epoch {learner.epoch}", file=sys.stderr)
 
 
