@@ -87,6 +87,12 @@ def cmd_export(args: argparse.Namespace, argv: list[str]) -> int:
     from .runs import find_run
 
     run = find_run(args.run)
+    if args.format == "onnx-int8":
+        from .pipeline.int8_run import export_int8_run
+
+        export_int8_run(run, calibration_images=args.calibration_images, min_agreement=args.min_agreement,
+                        max_accuracy_drop=args.max_accuracy_drop, require_faster=args.require_faster)
+        return 0
     try:
         images = test_images(run) if RunDir(run).split.is_file() else None
     except UserError:

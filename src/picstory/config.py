@@ -23,8 +23,8 @@ OPTIMIZERS = ("sgd", "sgd-momentum", "adam", "adamw", "adamax", "rmsprop", "adag
 SCHEDULES = ("constant", "step", "cosine", "onecycle", "linear", "plateau")
 TTA_MODES = ("none", "flip", "flip+crops")
 FITS = ("crop", "pad", "stretch")
-BACKENDS = ("torch", "onnx")
-EXPORT_FORMATS = ("onnx", "torchscript")
+BACKENDS = ("torch", "onnx", "onnx-int8")
+EXPORT_FORMATS = ("onnx", "torchscript", "onnx-int8")
 TABLE_FORMATS = ("table", "json", "csv")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 

@@ -40,6 +40,11 @@ class ExportOptions:
     format: str = opt("onnx", "file format", choices=EXPORT_FORMATS)
     opset: int = opt(17, "ONNX opset", min=7)
     dynamic_batch: bool = opt(True, "accept any batch size (off: the batch of the example only)")
+    calibration_images: int = opt(300, "onnx-int8: training images (seeded sample) that calibrate the ranges", min=1)
+    min_agreement: float = opt(0.99, "onnx-int8: least top-1 agreement with the fp32 model on the test split",
+                               min=0.0, max=1.0)
+    max_accuracy_drop: float = opt(0.5, "onnx-int8: largest accuracy loss in percentage points", min=0.0)
+    require_faster: bool = opt(True, "onnx-int8: keep the file only when batch-1 latency beats fp32 ONNX here")
 
 
 @dataclass(frozen=True)

@@ -36,7 +36,7 @@ from ..models.bundle import find_bundle, load_bundle, read_meta, update_meta
 from ..options import EXPORT
 from .preprocess import preprocess
 
-FORMATS = {"onnx": "model.onnx", "torchscript": "model.torchscript.pt"}
+FORMATS = {"onnx": "model.onnx", "torchscript": "model.torchscript.pt", "onnx-int8": "model.int8.onnx"}
 PARITY_ATOL = 1e-4
 PARITY_MAX_IMAGES = 64
 PARITY_RANDOM_IMAGES = 16
@@ -61,6 +61,9 @@ def export(run_or_bundle: str | Path, fmt: str = EXPORT.format, opset: int = EXP
     (file, sha256, input/output description, parity figures) that is also stored in model.json."""
     if fmt not in FORMATS:
         raise UserError(f"export format {fmt!r}: choose {' or '.join(FORMATS)}")
+    if fmt == "onnx-int8":  # quantization needs the run's images: deploy.quantize.export_int8 or the CLI
+        raise UserError(f"{run_or_bundle}: the int8 export calibrates on the run's images; run "
+                        f"`picstory export {run_or_bundle} --format onnx-int8`")
     bundle = find_bundle(run_or_bundle)
     model, meta = load_bundle(bundle, "cpu")
     model = model.to(memory_format=torch.contiguous_format)
@@ -209,13 +212,15 @@ def run_onnx(session: Any, x: torch.Tensor) -> np.ndarray:
     return session.run([OUTPUT_NAME], {INPUT_NAME: arr})[0]
 
 
-def onnx_session(run_or_bundle: str | Path, threads: int | None = None) -> tuple[Any, dict]:
-    """(session, meta) for the bundle's model.onnx, exporting it first when absent; the file must match the
-    sha256 recorded at export."""
+def onnx_session(run_or_bundle: str | Path, threads: int | None = None, fmt: str = "onnx") -> tuple[Any, dict]:
+    """(session, meta) for the bundle's model.onnx (or ``fmt="onnx-int8"``: model.int8.onnx), exporting fp32 first
+    when absent; the file must match the sha256 recorded at export."""
     bundle = find_bundle(run_or_bundle)
     meta = read_meta(bundle)
-    path = bundle / FORMATS["onnx"]
-    record = meta.get("exports", {}).get("onnx")
+    path = bundle / FORMATS[fmt]
+    record = meta.get("exports", {}).get(fmt)
+    if fmt == "onnx-int8" and (record is None or not path.is_file()):
+        raise UserError(f"{bundle}: no int8 model; run `picstory export {bundle.parent} --format onnx-int8` first")
     if record is None or not path.is_file():
         export(bundle, "onnx", verbose=False)
         meta = read_meta(bundle)
@@ -223,7 +228,7 @@ def onnx_session(run_or_bundle: str | Path, threads: int | None = None) -> tuple
     data = path.read_bytes()
     if hashlib.sha256(data).hexdigest() != record.get("sha256"):
         raise UserError(f"{path}: sha256 does not match model.json (modified or corrupt); run "
-                        f"`picstory export {bundle} --format onnx` again")
+                        f"`picstory export {bundle} --format {fmt}` again")
     try:
         return make_session(data, threads), meta
     except Exception as e:  # onnxruntime raises its own exception types for a malformed model
