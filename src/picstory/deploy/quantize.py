@@ -30,7 +30,7 @@ from ..options import EXPORT
 from .export import FORMATS, OUTPUT_NAME, export, make_session, run_onnx
 
 INT8 = "onnx-int8"
-LATENCY_WARMUP, LATENCY_ROUNDS = 5, 40
+LATENCY_WARMUP, LATENCY_ROUNDS, LATENCY_SECONDS = 5, (20, 400), 2.0
 
 
 class _Calibration:
@@ -76,7 +76,10 @@ def batch1_latency_ms(fp32: Any, int8: Any, x: np.ndarray) -> tuple[float, float
         fp32.run([OUTPUT_NAME], {name: one})
         int8.run([OUTPUT_NAME], {name: one})
     times: dict[int, list[float]] = {0: [], 1: []}
-    for _ in range(LATENCY_ROUNDS):
+    start = time.perf_counter()
+    for r in range(LATENCY_ROUNDS[1]):  # enough rounds for a stable median, bounded in time for big models
+        if r >= LATENCY_ROUNDS[0] and time.perf_counter() - start > LATENCY_SECONDS:
+            break
         for k, sess in ((0, fp32), (1, int8)):
             t = time.perf_counter()
             sess.run([OUTPUT_NAME], {name: one})
