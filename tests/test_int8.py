@@ -48,6 +48,8 @@ def test_int8_export_passes_the_gate_and_serves_predictions(trained, capsys):
     assert any(n.op_type == "QuantizeLinear" for n in graph.node)
     assert any(t.data_type == onnx.TensorProto.INT8 for t in graph.initializer)
     assert "top-1 agreement 100.00%" in capsys.readouterr().out
+    card = (trained / "model" / "MODEL_CARD.md").read_text()  # the card lists the kept file and its gate
+    assert "`model.int8.onnx` (onnx-int8)" in card and "int8 gate on 12 test images: agreement 100.0%" in card
 
     images = sorted((trained.parent.parent / "data").rglob("*.png"))[::20]
     ref, q = load(trained).predict(images), load(trained, backend="onnx-int8")

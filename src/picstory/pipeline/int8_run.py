@@ -31,8 +31,21 @@ def export_int8_run(run: str | Path, calibration_images: int = EXPORT.calibratio
     if split != "test" and verbose:
         print(f"{run_dir}: the run has no test split; the int8 gate uses its {len(labels)} validation images",
               file=sys.stderr)
-    return export_int8(run_dir, calib, images, labels, split=split, min_agreement=min_agreement,
-                       max_accuracy_drop=max_accuracy_drop, require_faster=require_faster, verbose=verbose)
+    record = export_int8(run_dir, calib, images, labels, split=split, min_agreement=min_agreement,
+                         max_accuracy_drop=max_accuracy_drop, require_faster=require_faster, verbose=verbose)
+    _refresh_report(run_dir)
+    return record
+
+
+def _refresh_report(run_dir: Path) -> None:
+    """The model card and report list the exported files: rewrite them (derived data; a failure only warns)."""
+    try:
+        from ..pages.run_report import write_report
+
+        if RunDir(run_dir).summary.is_file():
+            write_report(run_dir)
+    except Exception as e:  # noqa: BLE001 — the int8 file is kept either way
+        print(f"warning: could not refresh the report of {run_dir}: {type(e).__name__}: {e}", file=sys.stderr)
 
 
 def run_images(run_dir: Path, n_calibration: int, seed: int = CALIBRATION_SEED
