@@ -28,6 +28,7 @@ EXPORT_FORMATS = ("onnx", "torchscript", "onnx-int8")
 TABLE_FORMATS = ("table", "json", "csv")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 LOGGERS = ("tensorboard", "mlflow")
+PRUNERS = ("median", "halving", "none")
 
 
 def opt(default, help: str, choices: tuple | None = None, min: float | None = None, max: float | None = None):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
-from .config import BACKENDS, EXPORT_FORMATS, TABLE_FORMATS, TTA_MODES, opt
+from .config import BACKENDS, EXPORT_FORMATS, PRUNERS, TABLE_FORMATS, TTA_MODES, opt
 
 
 @dataclass(frozen=True)
@@ -69,6 +69,15 @@ class SweepOptions:
 
 
 @dataclass(frozen=True)
+class TuneOptions:
+    trials: int = opt(20, "trials to run, at least 1 (a resumed study counts the finished ones)")
+    budget_minutes: float | None = opt(None, "start no new trial after this many minutes", min=0.0)
+    space: list = opt([], "KEY=LOW..HIGH[:log] or KEY=A,B,C; repeat per key, or a YAML file "
+                          "(default: lr, optimizer, weight_decay)")
+    pruner: str = opt("median", "stop trials behind the others per epoch: median, halving or none", choices=PRUNERS)
+
+
+@dataclass(frozen=True)
 class RunsOptions:
     sort: str = opt("", "column to sort by (e.g. test)")
     format: str = opt("table", "output format", choices=TABLE_FORMATS)
@@ -93,6 +102,7 @@ class DoctorOptions:
 
 PREDICT, EXPORT, SERVE, EVAL = PredictOptions(), ExportOptions(), ServeOptions(), EvalOptions()
 MONITOR, DOCTOR, DATA_CHECK = MonitorOptions(), DoctorOptions(), DataCheckOptions()
+TUNE = TuneOptions()
 
 
 def values(cls: type, args) -> dict:
