@@ -113,3 +113,25 @@ def test_cli_refusal_is_one_line_and_a_run_without_test_split_gates_on_val(tmp_p
     assert "nothing was written" in last and not (run / "model" / "model.int8.onnx").exists()
     assert cli.main(["export", str(run), "--format", "onnx-int8", "--no-require-faster"]) == 0
     assert meta_of(run)["exports"]["onnx-int8"]["gate"]["split"] == "val"
+
+
+def test_openvino_export_is_parity_checked_and_serves_the_same_probabilities(trained):
+    pytest.importorskip("openvino")
+    from picstory.deploy.export import export
+
+    record = export(trained, "openvino", verbose=False)
+    bundle = trained / "model"
+    assert (bundle / "model.openvino.xml").is_file() and (bundle / "model.openvino.bin").is_file()
+    assert record["parity"]["passed"] and record["precision"] == "fp32"
+    assert meta_of(trained)["exports"]["openvino"]["weights_file"] == "model.openvino.bin"
+    images = sorted((trained.parent.parent / "data").rglob("*.png"))[::15]
+    ref, ov = load(trained).predict(images, top_k=3), load(trained, backend="openvino")
+    assert ov.backend == "openvino"
+    for a, b in zip(ref, ov.predict(images, top_k=3)):
+        assert [p["label"] for p in a["predictions"]] == [p["label"] for p in b["predictions"]]
+        assert np.allclose([p["probability"] for p in a["predictions"]],
+                           [p["probability"] for p in b["predictions"]], atol=1e-4)
+    weights = bundle / "model.openvino.bin"
+    weights.write_bytes(weights.read_bytes()[:-4] + b"\0\0\0\0")  # a changed weight file is refused, not served
+    with pytest.raises(UserError, match="sha256 does not match model.json"):
+        load(trained, backend="openvino")

@@ -141,7 +141,7 @@ def load(target: str | Path, device: str = "cpu", backend: str = PREDICT.backend
             model, meta = pretrained_model(name, device)
             return Predictor(meta, model=model, device=device, source=name)
         bundle = _pretrained_bundle(name)
-    if backend in ("onnx", "onnx-int8"):
+    if backend in ("onnx", "onnx-int8", "openvino"):
         session, meta = onnx_session(bundle, fmt=backend)
         predictor = Predictor(meta, session=session, source=str(target), bundle_dir=bundle)
         predictor.backend = backend
