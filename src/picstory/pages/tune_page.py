@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 
+from matplotlib.ticker import MaxNLocator
+
 from .figures import BEST, figure_png, label, new_figure, placeholder_figure
 from .html import e, img, page
 
@@ -28,6 +30,7 @@ def history_figure(trials: list[dict]):
         ys.append(best)
     if xs:
         ax.step(xs, ys, where="post", color=BEST, linewidth=2, label="best so far")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("trial")
     ax.set_ylabel("validation accuracy")
     ax.set_title("optimisation history")
