@@ -33,8 +33,9 @@ import numpy as np
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+from picstory.config import BACKENDS  # noqa: E402
 from picstory.models import create_model  # noqa: E402
-from picstory.models.bundle import save_bundle  # noqa: E402
+from picstory.models.bundle import read_meta, save_bundle  # noqa: E402
 
 FASHION = Path("/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz")
 
@@ -67,7 +68,7 @@ def _encode(img: Image.Image, fmt: str) -> bytes:
     return buf.getvalue()
 
 
-def make_bundle(arch: str, root: Path) -> tuple[Path, list[bytes], str]:
+def make_bundle(arch: str, root: Path, backend: str = "torch") -> tuple[Path, list[bytes], str]:
     if arch == "efficientnet_lite0":
         model = create_model(arch, 1000, 3, pretrained=True)
         c, s, classes, images = 3, 224, [f"class_{i}" for i in range(1000)], photo_jpegs(32)
@@ -79,7 +80,31 @@ def make_bundle(arch: str, root: Path) -> tuple[Path, list[bytes], str]:
             "img_size": s, "fit": "crop", "mean": list(cfg["mean"]), "std": list(cfg["std"]), "data": "bench",
             "data_fingerprint": "bench", "metrics": {}}
     ctype = "image/jpeg" if c == 3 else "image/png"
-    return save_bundle(root / arch / "model", model, meta).parent, images, ctype
+    bundle = save_bundle(root / arch / "model", model, meta)
+    if backend == "onnx-int8":
+        quantize_for_bench(bundle, images)
+    return bundle.parent, images, ctype
+
+
+def quantize_for_bench(bundle: Path, images: list[bytes]) -> None:
+    """The int8 file for ``--backend onnx-int8``: calibrated and gated on the served images, the fp32 model's answers
+    standing in for labels (an untrained bench model has none); the limits are off — this measures speed."""
+    import torch
+
+    from picstory.data.batches import normalize
+    from picstory.deploy.export import export, make_session, run_onnx
+    from picstory.deploy.preprocess import preprocess
+    from picstory.deploy.quantize import export_int8
+
+    meta = read_meta(bundle)
+    x = torch.stack([preprocess(img, meta) for img in images])
+    export(bundle, "onnx", verbose=False)
+    x_norm = normalize(x, tuple(meta["mean"]), tuple(meta["std"]))
+    ref = run_onnx(make_session((bundle / "model.onnx").read_bytes()), x_norm)
+    g = export_int8(bundle, x, x, ref.argmax(1), "served images", min_agreement=0.0, max_accuracy_drop=100.0,
+                    require_faster=False, verbose=False)["gate"]
+    print(f"  int8: agreement with fp32 {g['top1_agreement']:.1%} on {g['images']} served images, batch-1 "
+          f"{g['fp32_latency_ms']:.2f} → {g['int8_latency_ms']:.2f} ms", flush=True)
 
 
 @contextlib.contextmanager
@@ -155,13 +180,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--concurrency", type=int, default=8)
     p.add_argument("--threads", type=int, default=0, help="torch threads in the server (0 = all cores)")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--backend", default="torch", choices=("torch", "onnx"))
+    p.add_argument("--backend", default="torch", choices=BACKENDS,
+                   help="onnx-int8: quantized here, calibrated on the served images (gate limits off: speed only)")
     args = p.parse_args(argv)
     threads = args.threads or os.cpu_count() or 1
     rows = []
     with tempfile.TemporaryDirectory(prefix="picstory-serve-bench-") as tmp:
         for arch in [m for m in args.models.split(",") if m]:
-            run, images, ctype = make_bundle(arch, Path(tmp))
+            run, images, ctype = make_bundle(arch, Path(tmp), args.backend)
             rows += compare(run, images, ctype, Path(tmp), args, threads)
             print(f"  {arch}: done", flush=True)
     head = f"{'model':<20} {'max_batch':>9} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'200':>5} {'other':>5}"

@@ -147,6 +147,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_options(sw, O.SweepOptions)
     _add_config_flags(sw)
 
+    tu = sub.add_parser("tune", help="search hyper-parameters with Optuna (TPE + pruning) → tune.html")
+    tu.add_argument("data", metavar="DATA")
+    _add_options(tu, O.TuneOptions)
+    _add_config_flags(tu)
+
     lf = sub.add_parser("lr-find", help="learning-rate range test → suggested LR and plot")
     lf.add_argument("data", metavar="DATA")
     _add_config_flags(lf)

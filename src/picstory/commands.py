@@ -98,6 +98,12 @@ def cmd_export(args: argparse.Namespace, argv: list[str]) -> int:
     from .runs import find_run
 
     run = find_run(args.run)
+    if args.format == "onnx-int8":
+        from .pipeline.int8_run import export_int8_run
+
+        export_int8_run(run, calibration_images=args.calibration_images, min_agreement=args.min_agreement,
+                        max_accuracy_drop=args.max_accuracy_drop, require_faster=args.require_faster)
+        return 0
     try:
         images = test_images(run) if RunDir(run).split.is_file() else None
     except UserError:
@@ -124,6 +130,23 @@ def cmd_sweep(args: argparse.Namespace, argv: list[str]) -> int:
     print(result["table"])
     print(f"comparison: {result['dir']}/comparison.html")
     return 0
+
+
+def cmd_tune(args: argparse.Namespace, argv: list[str]) -> int:
+    from .compare.tune import tune
+
+    result = tune(args.data, args.trials, budget_minutes=args.budget_minutes, space=args.space or None,
+                  pruner=args.pruner, command=_cmdline(argv), **_overrides(args))
+    best = result["best"]
+    if best:
+        params = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in best["params"].items())
+        test = f", test {best['test']:.4f}" if best.get("test") is not None else ""
+        print(f"best trial {best['number']}: val {best['value']:.4f}{test}  ({params})  run {result['dir']}/"
+              f"{best['run']}")
+    else:
+        print("no trial finished")
+    print(f"report: {result['dir']}/tune.html")
+    return 0 if best else 1
 
 
 def cmd_lr_find(args: argparse.Namespace, argv: list[str]) -> int:

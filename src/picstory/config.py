@@ -23,10 +23,12 @@ OPTIMIZERS = ("sgd", "sgd-momentum", "adam", "adamw", "adamax", "rmsprop", "adag
 SCHEDULES = ("constant", "step", "cosine", "onecycle", "linear", "plateau")
 TTA_MODES = ("none", "flip", "flip+crops")
 FITS = ("crop", "pad", "stretch")
-BACKENDS = ("torch", "onnx")
-EXPORT_FORMATS = ("onnx", "torchscript")
+BACKENDS = ("torch", "onnx", "onnx-int8", "openvino")
+EXPORT_FORMATS = ("onnx", "torchscript", "onnx-int8", "openvino")
 TABLE_FORMATS = ("table", "json", "csv")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+LOGGERS = ("tensorboard", "mlflow")
+PRUNERS = ("median", "halving", "none")
 
 
 def opt(default, help: str, choices: tuple | None = None, min: float | None = None, max: float | None = None):
@@ -122,6 +124,10 @@ class EvalConfig:
 class RunConfig:
     out: str = opt("runs", "directory holding run directories")
     name: str = opt("", "run name (default: model-data); an existing name gets -2, -3, …")
+    log: str = opt("", "experiment tracking: tensorboard, mlflow or tensorboard,mlflow (empty = none)")
+    log_every: int = opt(50, "tracking: training loss and LR every N steps", min=1)
+    description: str = opt("", "what the model is for and what it is not for (the model card's intended use)")
+    licence: str = opt("", "licence under which the model may be used (the model card's licence field)")
 
 
 @dataclass(frozen=True)
@@ -213,6 +219,11 @@ def coerce(key: str, value: Any) -> Any:
                 raise ValueError
         except ValueError:
             raise ConfigError(f"'lr' must be a positive number, preset or auto, got {value!r}") from None
+    if key == "log" and value:
+        bad = [n for n in value.split(",") if n.strip() not in LOGGERS]
+        if bad:
+            raise ConfigError(f"'log' must be {', '.join(LOGGERS)} or both comma-separated, got {bad[0]!r}"
+                              f"{suggest(bad[0], LOGGERS)}")
     if key == "progressive" and value:
         try:
             sizes = [int(s) for s in value.split(",")]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
-from .config import BACKENDS, EXPORT_FORMATS, TABLE_FORMATS, TTA_MODES, opt
+from .config import BACKENDS, EXPORT_FORMATS, PRUNERS, TABLE_FORMATS, TTA_MODES, opt
 
 
 @dataclass(frozen=True)
@@ -50,6 +50,11 @@ class ExportOptions:
     format: str = opt("onnx", "file format", choices=EXPORT_FORMATS)
     opset: int = opt(17, "ONNX opset", min=7)
     dynamic_batch: bool = opt(True, "accept any batch size (off: the batch of the example only)")
+    calibration_images: int = opt(300, "onnx-int8: training images (seeded sample) that calibrate the ranges", min=1)
+    min_agreement: float = opt(0.99, "onnx-int8: least top-1 agreement with the fp32 model on the test split",
+                               min=0.0, max=1.0)
+    max_accuracy_drop: float = opt(0.5, "onnx-int8: largest accuracy loss in percentage points", min=0.0)
+    require_faster: bool = opt(True, "onnx-int8: keep the file only when batch-1 latency beats fp32 ONNX here")
 
 
 @dataclass(frozen=True)
@@ -73,6 +78,15 @@ class SweepOptions:
     grid: list = opt([], "a config key and its values (KEY=V1,V2); repeat for more axes, or a YAML grid file")
     repeats: int = opt(1, "seeds per cell", min=1)
     jobs: int = opt(1, "cells trained at once (threads are split)", min=1)
+
+
+@dataclass(frozen=True)
+class TuneOptions:
+    trials: int = opt(20, "trials to run, at least 1 (a resumed study counts the finished ones)")
+    budget_minutes: float | None = opt(None, "start no new trial after this many minutes", min=0.0)
+    space: list = opt([], "KEY=LOW..HIGH[:log] or KEY=A,B,C; repeat per key, or a YAML file "
+                          "(default: lr, optimizer, weight_decay)")
+    pruner: str = opt("median", "stop trials behind the others per epoch: median, halving or none", choices=PRUNERS)
 
 
 @dataclass(frozen=True)
@@ -100,6 +114,7 @@ class DoctorOptions:
 
 PREDICT, EXPORT, SERVE, EVAL = PredictOptions(), ExportOptions(), ServeOptions(), EvalOptions()
 MONITOR, DOCTOR, DATA_CHECK = MonitorOptions(), DoctorOptions(), DataCheckOptions()
+TUNE = TuneOptions()
 
 
 def values(cls: type, args) -> dict:

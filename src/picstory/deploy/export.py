@@ -36,7 +36,8 @@ from ..models.bundle import find_bundle, load_bundle, read_meta, update_meta
 from ..options import EXPORT
 from .preprocess import preprocess
 
-FORMATS = {"onnx": "model.onnx", "torchscript": "model.torchscript.pt"}
+FORMATS = {"onnx": "model.onnx", "torchscript": "model.torchscript.pt", "onnx-int8": "model.int8.onnx",
+           "openvino": "model.openvino.xml"}
 PARITY_ATOL = 1e-4
 PARITY_MAX_IMAGES = 64
 PARITY_RANDOM_IMAGES = 16
@@ -61,7 +62,12 @@ def export(run_or_bundle: str | Path, fmt: str = EXPORT.format, opset: int = EXP
     (file, sha256, input/output description, parity figures) that is also stored in model.json."""
     if fmt not in FORMATS:
         raise UserError(f"export format {fmt!r}: choose {' or '.join(FORMATS)}")
+    if fmt == "onnx-int8":  # quantization needs the run's images: deploy.quantize.export_int8 or the CLI
+        raise UserError(f"{run_or_bundle}: the int8 export calibrates on the run's images; run "
+                        f"`picstory export {run_or_bundle} --format onnx-int8`")
     bundle = find_bundle(run_or_bundle)
+    if fmt == "openvino":
+        return _export_openvino(bundle, opset, dynamic_batch, parity_images, verbose)
     model, meta = load_bundle(bundle, "cpu")
     model = model.to(memory_format=torch.contiguous_format)
     images = parity_batch(meta, parity_images)
@@ -90,6 +96,47 @@ def export(run_or_bundle: str | Path, fmt: str = EXPORT.format, opset: int = EXP
     if verbose:
         print(f"exported {final} ({len(data) / 1e6:.1f} MB): parity on {parity['images']} images, max |Δp| "
               f"{parity['max_abs_diff']:.1e}, top-1 agreement {parity['top1_agreement']:.0%}")
+    return record
+
+
+def _export_openvino(bundle: Path, opset: int, dynamic_batch: bool, parity_images, verbose: bool) -> dict:
+    """IR converted from the parity-checked ONNX file, then checked against the torch model in its own right."""
+    from . import openvino_ir
+
+    meta = read_meta(bundle)
+    if "onnx" not in meta.get("exports", {}) or not (bundle / FORMATS["onnx"]).is_file():
+        export(bundle, "onnx", opset, dynamic_batch, parity_images, verbose=False)
+        meta = read_meta(bundle)
+    model, _ = load_bundle(bundle, "cpu")
+    images = parity_batch(meta, parity_images)
+    dyn = meta["exports"]["onnx"].get("dynamic_batch", True)
+    work = Path(tempfile.mkdtemp(prefix=".openvino.", dir=bundle))
+    try:
+        openvino_ir.write_ir(bundle / FORMATS["onnx"], work / openvino_ir.XML)
+        parity = check_parity(model, meta, work / openvino_ir.XML, "openvino", images, dyn)
+        if not parity["passed"]:
+            raise UserError(f"{bundle / openvino_ir.XML}: parity check failed (max |Δp| {parity['max_abs_diff']:.2e}"
+                            f" > {PARITY_ATOL:.0e} or top-1 agreement {parity['top1_agreement']:.2%}); nothing "
+                            "was written")
+        data = (work / openvino_ir.XML).read_bytes() + (work / openvino_ir.BIN).read_bytes()
+        for name in (openvino_ir.BIN, openvino_ir.XML):  # the .xml last: it is what marks the export present
+            public_mode(work / name)
+            os.replace(work / name, bundle / name)
+        fsync_dir(bundle)
+    finally:
+        for left in work.iterdir():
+            left.unlink()
+        work.rmdir()
+    import openvino
+
+    record = {**_record(meta, bundle / openvino_ir.XML, hashlib.sha256(data).hexdigest(), "openvino", opset, dyn,
+                        parity), "weights_file": openvino_ir.BIN, "precision": "fp32",
+              "openvino_version": openvino.__version__, "converted_from": FORMATS["onnx"]}
+    update_meta(bundle, exports={**meta.get("exports", {}), "openvino": record})
+    if verbose:
+        print(f"exported {bundle / openvino_ir.XML} + {openvino_ir.BIN} ({len(data) / 1e6:.1f} MB): parity on "
+              f"{parity['images']} images, max |Δp| {parity['max_abs_diff']:.1e}, top-1 agreement "
+              f"{parity['top1_agreement']:.0%}")
     return record
 
 
@@ -182,6 +229,10 @@ def _run_exported(path: Path, fmt: str, x: torch.Tensor) -> np.ndarray:
     """Probabilities from the exported file (the function tests replace to simulate a broken export)."""
     if fmt == "onnx":
         return run_onnx(make_session(path.read_bytes()), x)
+    if fmt == "openvino":
+        from .openvino_ir import OpenVINOSession
+
+        return run_onnx(OpenVINOSession(path), x)
     with torch.inference_mode(), warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # TorchScript is deprecated; its loader still works
         warnings.simplefilter("ignore", DeprecationWarning)
@@ -209,21 +260,29 @@ def run_onnx(session: Any, x: torch.Tensor) -> np.ndarray:
     return session.run([OUTPUT_NAME], {INPUT_NAME: arr})[0]
 
 
-def onnx_session(run_or_bundle: str | Path, threads: int | None = None) -> tuple[Any, dict]:
-    """(session, meta) for the bundle's model.onnx, exporting it first when absent; the file must match the
-    sha256 recorded at export."""
+def onnx_session(run_or_bundle: str | Path, threads: int | None = None, fmt: str = "onnx") -> tuple[Any, dict]:
+    """(session, meta) for the bundle's model.onnx (or ``fmt="onnx-int8"``: model.int8.onnx), exporting fp32 first
+    when absent; the file must match the sha256 recorded at export."""
     bundle = find_bundle(run_or_bundle)
     meta = read_meta(bundle)
-    path = bundle / FORMATS["onnx"]
-    record = meta.get("exports", {}).get("onnx")
+    path = bundle / FORMATS[fmt]
+    record = meta.get("exports", {}).get(fmt)
+    if fmt == "onnx-int8" and (record is None or not path.is_file()):
+        raise UserError(f"{bundle}: no int8 model; run `picstory export {bundle.parent} --format onnx-int8` first")
     if record is None or not path.is_file():
-        export(bundle, "onnx", verbose=False)
+        export(bundle, fmt, verbose=False)
         meta = read_meta(bundle)
-        record = meta["exports"]["onnx"]
+        record = meta["exports"][fmt]
     data = path.read_bytes()
+    if fmt == "openvino":
+        data += (bundle / record.get("weights_file", "model.openvino.bin")).read_bytes()
     if hashlib.sha256(data).hexdigest() != record.get("sha256"):
         raise UserError(f"{path}: sha256 does not match model.json (modified or corrupt); run "
-                        f"`picstory export {bundle} --format onnx` again")
+                        f"`picstory export {bundle} --format {fmt}` again")
+    if fmt == "openvino":
+        from .openvino_ir import OpenVINOSession
+
+        return OpenVINOSession(path, threads or torch.get_num_threads()), meta
     try:
         return make_session(data, threads), meta
     except Exception as e:  # onnxruntime raises its own exception types for a malformed model

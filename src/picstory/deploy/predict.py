@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..config import TTA_MODES
+from ..config import BACKENDS, TTA_MODES
 from ..data.batches import normalize
 from ..data.decode import DecodeError
 from ..data.sources import IMAGE_EXTS
@@ -81,7 +81,7 @@ class Predictor:
         return (probs / len(views)).astype(np.float32)
 
     def _run_session(self, x: torch.Tensor) -> np.ndarray:
-        fixed = not self.meta.get("exports", {}).get("onnx", {}).get("dynamic_batch", True)
+        fixed = not self.meta.get("exports", {}).get(self.backend, {}).get("dynamic_batch", True)
         if fixed and x.shape[0] != 1:
             return np.concatenate([run_onnx(self.session, x[i:i + 1]) for i in range(x.shape[0])])
         return run_onnx(self.session, x)
@@ -126,8 +126,8 @@ def load(target: str | Path, device: str = "cpu", backend: str = PREDICT.backend
     ``backend="onnx"`` runs ``model.onnx`` from the bundle with ONNX Runtime on the CPU, exporting it first
     (with the parity check) when the bundle has none.
     """
-    if backend not in ("torch", "onnx"):
-        raise UserError(f"backend {backend!r}: choose torch or onnx")
+    if backend not in BACKENDS:
+        raise UserError(f"backend {backend!r}: choose {', '.join(BACKENDS)}")
     device = _resolve_device(device)
     path = Path(target).expanduser()
     if path.exists():
@@ -141,9 +141,11 @@ def load(target: str | Path, device: str = "cpu", backend: str = PREDICT.backend
             model, meta = pretrained_model(name, device)
             return Predictor(meta, model=model, device=device, source=name)
         bundle = _pretrained_bundle(name)
-    if backend == "onnx":
-        session, meta = onnx_session(bundle)
-        return Predictor(meta, session=session, source=str(target), bundle_dir=bundle)
+    if backend in ("onnx", "onnx-int8", "openvino"):
+        session, meta = onnx_session(bundle, fmt=backend)
+        predictor = Predictor(meta, session=session, source=str(target), bundle_dir=bundle)
+        predictor.backend = backend
+        return predictor
     model, meta = load_bundle(bundle, device)
     return Predictor(meta, model=model, device=device, source=str(target), bundle_dir=bundle)
 

@@ -17,6 +17,7 @@ import yaml
 from .. import doctor
 from ..files import atomic_write
 from . import figures as plots
+from . import model_card
 from .html import e as _e
 from .html import img as _img
 from .html import page
@@ -83,13 +84,15 @@ def write_report(run_dir: str | Path, target_accuracy: float | None = None,
     atomic_write(out / "per_class.csv", _per_class_csv(rows))
     page = render_html(run, diagnosis, pngs, rows)
     atomic_write(out / "report.html", page.encode())
+    model_card.write_card(run, diagnosis, rows)
     return out / "report.html"
 
 
 def render_html(run: Mapping, diagnosis: dict, pngs: Mapping[str, bytes], rows: list[dict]) -> str:
     parts = [_header(run, diagnosis), _diagnosis(diagnosis), _curves(run, pngs), _confusion_section(run, pngs),
              _per_class(rows), _by_group(run), _gallery(run, "mistakes"), _gallery(run, "suspects"), _data(run),
-             _timing(run), _config(run)]
+             _timing(run), _config(run), model_card.to_html(model_card.card_sections(run, diagnosis, rows,
+                                                                                    model_card.bundle_meta(run)))]
     title = f"picstory report — {Path(run.get('dir') or 'run').name}"
     return page(title, "".join(p for p in parts if p), "run-report")
 

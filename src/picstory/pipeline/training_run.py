@@ -23,6 +23,7 @@ from ..errors import ConfigError, UserError
 from ..files import atomic_write, read_json, remove_temp_files
 from ..runs import RunDir, create_run_dir, find_run, refuse_inside, slug
 from ..training import callbacks as cbs
+from ..training import tracking
 from ..training.checkpoint import load_checkpoint, seed_everything, set_rng_state
 from ..training.distributed import (
     Dist,
@@ -171,6 +172,7 @@ def _fit(cfg: C.Config, source: sources.Source, run_dir: Path | None, checkpoint
     threads = set_threads(t.threads)
     dist = setup(device)
     check_same_data(dist, source)
+    tracking.check_available([n for n in cfg.run.log.split(",") if n])  # before a run directory exists
     seed_everything(t.seed + dist.rank)
     if checkpoint is not None and checkpoint.get("world_size", 1) != dist.world_size and dist.is_main:
         print(f"note: resuming with {dist.world_size} process(es) a run trained with {checkpoint.get('world_size', 1)}"
@@ -353,6 +355,8 @@ def _build_learner(cfg: C.Config, td: TrainData, device, autocast, dist: Dist, r
         callbacks.append(cbs.ProgressiveResize([int(s) for s in t.progressive.split(",")]))
     if m.freeze_epochs > 0:
         callbacks.append(cbs.FreezeBackbone(m.freeze_epochs, lambda frozen: set_backbone_frozen(model, frozen)))
+    if cfg.run.log and dist.is_main:
+        callbacks += tracking.make_trackers(cfg.run.log, run_dir, _flat(cfg), cfg.run.log_every)
     learner = Learner(model=train_model, optimizer=opt, train_batches=td.train_batches, val_batches=td.val_batches,
                       lr=lr, schedule=schedule, epochs=t.epochs, num_classes=len(td.classes),
                       loss_weight=td.loss_weight, label_smoothing=t.label_smoothing, grad_clip=t.grad_clip,
@@ -428,7 +432,10 @@ def _finish(run_dir: Path, cfg: C.Config, td: TrainData, learner: Learner, train
     from .evaluation_run import finalize_report
 
     finalize_report(run_dir, summary)
-    return read_json(RunDir(run_dir).summary) or summary
+    final = read_json(RunDir(run_dir).summary) or summary
+    for tracker in (cb for cb in learner.callbacks if isinstance(cb, tracking.Tracker)):
+        tracker.finish_run(final)
+    return final
 
 
 __all__ = ["train", "prepare", "Run", "resolve_config"]
