@@ -45,12 +45,18 @@ def cmd_train(args: argparse.Namespace, argv: list[str]) -> int:
         from .launch import launch
 
         return launch(args.nproc, argv, device=args.device or "auto")
-    from .pipeline.training_run import train
+    from .pipeline.cv_run import train
 
     run = train(args.data, config=args.config, resume=args.resume, progress=not args.quiet,
                 command=_cmdline(argv), **_overrides(args))
     s = run.summary
-    if s:
+    if s and s.get("folds"):
+        test = (f", test acc {s['test_accuracy']:.4f} ± {s['test_accuracy_std']:.4f}"
+                if s.get("test_accuracy") is not None else "")
+        print(f"\n{run.path}: {s['folds']} folds, val acc {s['val_accuracy']:.4f} ± {s['val_accuracy_std']:.4f}"
+              f"{test}, out-of-fold acc {s['oof_accuracy']:.4f}, {s['train_seconds']:.0f}s")
+        print(f"report: {run.path / 'cv.html'}\nlabel issues: picstory data issues {run.path}")
+    elif s:
         test = s.get("test_accuracy")
         print(f"\n{run.path}: best epoch {s['best_epoch']}/{s['epochs_run']}, val acc {s['val_accuracy']:.4f}, "
               f"test acc {test:.4f}" if test is not None else f"\n{run.path}: no test split", end="")
