@@ -25,6 +25,8 @@ def cmd_data(args: argparse.Namespace, argv: list[str]) -> int:
         split_counts = ", ".join(f"{k}: {v}" for k, v in counts.items())
         print(f"wrote {sum(counts.values())} PNG files to {args.out} ({split_counts})")
         return 0
+    if args.data_command == "issues":
+        return _data_issues(args)
     from .pipeline.data_check_run import check
     from .runs import slug
 
@@ -38,6 +40,19 @@ def cmd_data(args: argparse.Namespace, argv: list[str]) -> int:
     verdict = "usable" if report["usable"] else "NOT usable: " + "; ".join(report.get("unusable_reasons", []))
     print(f"{verdict}\nreport: {out / 'report.html'}")
     return 0 if report["usable"] else 2
+
+
+def _data_issues(args: argparse.Namespace) -> int:
+    from .doctor import export_relabel
+    from .doctor.issues import issues_table, label_issues, relabel_candidates, write_issues_csv
+
+    result = label_issues(args.run)
+    print(issues_table(result, args.limit))
+    print(f"list: {write_issues_csv(result)}")
+    if args.export_relabel:
+        n = export_relabel(result["parent"], args.export_relabel, candidates=relabel_candidates(args.run))
+        print(f"copied {n} images to check into {args.export_relabel}")
+    return 0
 
 
 def cmd_train(args: argparse.Namespace, argv: list[str]) -> int:

@@ -23,6 +23,12 @@ class DataCheckOptions:
 
 
 @dataclass(frozen=True)
+class DataIssuesOptions:
+    export_relabel: str | None = opt(None, "copy the likely mislabelled images here (DIR/<label>/ + relabel.csv)")
+    limit: int = opt(20, "rows shown in the table (issues.csv holds all)", min=0)
+
+
+@dataclass(frozen=True)
 class EvalOptions:
     tta: str = opt("none", "test-time augmentation", choices=TTA_MODES)
 
@@ -88,6 +94,7 @@ class DoctorOptions:
 
 PREDICT, EXPORT, SERVE, EVAL = PredictOptions(), ExportOptions(), ServeOptions(), EvalOptions()
 MONITOR, DOCTOR, DATA_CHECK = MonitorOptions(), DoctorOptions(), DataCheckOptions()
+DATA_ISSUES = DataIssuesOptions()
 
 
 def values(cls: type, args) -> dict:
