@@ -137,7 +137,7 @@ def descriptor_scores(a: dict, b: dict, corr: float, worst: float) -> dict:
     """Higher = more alike, for every descriptor (corr, worst: the audit's aligned scores of the pair)."""
     from skimage.metrics import structural_similarity
 
-    from picstory.data.audit import NEAR_CORRELATION
+    from picstory.data.audit import NEAR_CORRELATION, PHASH_RADIUS
 
     za, zb = _z(a["t32"]), _z(b["t32"])
     return {"dHash 64 (8×8)": -bin(a["dhash"] ^ b["dhash"]).count("1"),
@@ -148,7 +148,8 @@ def descriptor_scores(a: dict, b: dict, corr: float, worst: float) -> dict:
             "SSIM 32×32": float(structural_similarity(a["t32"], b["t32"], data_range=255)),
             "correlation 32×32, best centre cut": float(corr),
             "worst 8×8 block, best centre cut": -float(worst),
-            "both (picstory: corr ≥ 0.9, then worst block)": -float(worst) if corr >= NEAR_CORRELATION else -9.0}
+            "picstory: pHash ≤ 12 and corr ≥ 0.9, then worst block": -float(worst)
+            if corr >= NEAR_CORRELATION and (a["phash"] != b["phash"]).sum() <= PHASH_RADIUS else -9.0}
 
 
 def best_precision(scores: list[float], labels: list[bool], n_pos: int) -> tuple[float, float]:

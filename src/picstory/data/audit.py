@@ -40,8 +40,11 @@ THUMB_PX = 32
 # side, and a pair is compared at the best-matching cut of either image (a 6 % crop cost 0.2 of correlation at 32 px)
 CROP_LEVELS = (0.0, 0.025, 0.05, 0.075, 0.1)
 NEAR_CORRELATION = 0.9
-NEAR_BLOCK_DIFF = 0.5  # mean |a − b| of normalised pixels in the worst 8×8 block; copies measure < 0.3
+NEAR_BLOCK_DIFF = 0.4  # mean |a − b| of normalised pixels in the worst 8×8 block; most copies measure < 0.3
 BLOCK_PX = 8
+# and the perceptual hash (signs of the 8×8 lowest DCT frequencies of a 32×32 gray) at most PHASH_RADIUS of 63
+# bits apart: alone it was the best single descriptor on the photo set (precision 0.89 at recall 0.9)
+PHASH_RADIUS = 12
 FEW_IMAGES = 10  # a class below this is too small to learn or to evaluate
 IMBALANCE_WARN = 3.0
 SPLIT_ORDER = ("train", "val", "test")
@@ -62,6 +65,7 @@ class Seen:
     frames: int = 1
     exif_rotated: bool = False
     crop_hashes: tuple[int, ...] = ()  # dHash of each centre cut of CROP_LEVELS after the first
+    phash: int | None = None  # 63-bit DCT hash; None (older records, tests) skips that check
 
 
 @dataclass
@@ -117,7 +121,7 @@ def inspect_file(path: str) -> Seen | str:
     cuts = [_cut(gray, f) for f in CROP_LEVELS]
     return Seen(hashlib.blake2b(data, digest_size=16).digest(), dhash(gray), b"".join(thumbnail(c) for c in cuts),
                 info.width, info.height, info.mode, img.shape[2], info.frames, info.exif_rotated,
-                tuple(dhash(c) for c in cuts[1:]))
+                tuple(dhash(c) for c in cuts[1:]), phash(gray))
 
 
 def _cut(gray: Image.Image, share: float) -> Image.Image:
@@ -130,6 +134,13 @@ def _cut(gray: Image.Image, share: float) -> Image.Image:
 
 def thumbnail(gray: Image.Image) -> bytes:
     return gray.resize((THUMB_PX, THUMB_PX), BOX).tobytes()
+
+
+def phash(gray: Image.Image) -> int:
+    from scipy.fft import dctn
+
+    low = dctn(np.asarray(gray.resize((32, 32), BOX), np.float64), norm="ortho")[:8, :8].ravel()[1:]
+    return int.from_bytes(np.packbits(np.r_[low > np.median(low), False]).tobytes(), "big")
 
 
 def dhash(gray: Image.Image) -> int:
@@ -234,6 +245,8 @@ def near_groups(reps: list[int], seen: list, by_digest: dict[bytes, list[int]]) 
     levels = min(len(seen[i].crop_hashes) for i in reps) + 1
     hashes = np.array([(seen[i].dhash, *seen[i].crop_hashes[:levels - 1]) for i in reps], dtype=np.uint64)
     thumbs = [seen[i].thumb for i in reps]
+    with_phash = all(seen[i].phash is not None for i in reps)
+    ph = np.array([seen[i].phash for i in reps], dtype=np.uint64) if with_phash else None
     n, block = len(hashes), max(1, 2_000_000 // len(hashes))  # bounded memory: block × n distances at a time
     rows, cols = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
     for start in range(0, n, block):
@@ -242,8 +255,11 @@ def near_groups(reps: list[int], seen: list, by_digest: dict[bytes, list[int]]) 
         for k in range(0, len(r), 4096):
             rr, cc = r[k:k + 4096], c[k:k + 4096]
             # normalised per batch: all thumbnails as float32 at once would take 20 KB an image
+            if ph is not None:
+                near = np.bitwise_count(ph[rr] ^ ph[cc]) <= PHASH_RADIUS
+                rr, cc = rr[near], cc[near]
             za, zb = (normalised([thumbs[i] for i in ids])[:, :levels] for ids in (rr, cc))
-            ok = verified(za, zb)
+            ok = verified(za, zb) if len(rr) else np.zeros(0, bool)
             rows.append(rr[ok])
             cols.append(cc[ok])
     rows, cols = np.concatenate(rows), np.concatenate(cols)
