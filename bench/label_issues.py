@@ -86,7 +86,7 @@ def main() -> None:
     src = Path(__file__).resolve().parents[1] / "src"
     sys.path.insert(0, str(src))
     from picstory.data.sources import resolve
-    from picstory.doctor.issues import label_issues, load_oof
+    from picstory.doctor.issues import issues_table, label_issues, load_oof
     from picstory.evaluation.label_issues import top_loss
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -122,6 +122,9 @@ def main() -> None:
         tl_cut = np.zeros(len(pos), bool)
         tl_cut[tl_order[:int(cl.sum())]] = True
         cv = json.loads((parent / "cv.json").read_text())
+        print("$ " + " ".join(["picstory", *cmd[3:]]).replace(tmp, "TMP"))
+        print(out.stdout.strip().replace(tmp, "TMP"))
+        print(f"$ picstory data issues TMP/runs/cv\n{issues_table(found, 5)}\n".replace(tmp, "TMP"))
     rows = [("confident learning (picstory data issues)", scores(cl, truth)),
             ("top-loss, p(top) >= 0.8, all (doctor before)", scores(tl_all, truth)),
             ("top-loss, cut to confident learning's count", scores(tl_cut, truth))]
@@ -131,7 +134,7 @@ def main() -> None:
           f"train {seconds:.0f} s; val acc {m['val_accuracy']['mean']:.4f} ± {m['val_accuracy']['std']:.4f}, "
           f"test acc (clean labels) {m['test_accuracy']['mean']:.4f} ± {m['test_accuracy']['std']:.4f}, "
           f"out-of-fold acc {cv['oof']['accuracy']:.4f}")
-    print(f"| method | flagged | correct | precision | recall | F1 |\n|---|---:|---:|---:|---:|---:|")
+    print("| method | flagged | correct | precision | recall | F1 |\n|---|---:|---:|---:|---:|---:|")
     for name, s in rows:
         print(f"| {name} | {s['flagged']} | {s['true_pos']} | {s['precision']:.3f} | {s['recall']:.3f} | "
               f"{s['f1']:.3f} |")

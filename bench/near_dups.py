@@ -10,7 +10,8 @@ Sets (each written as an image folder, seeded):
 * textures: 300 images of different parts on one texture (grid lines every 16 px, a fixed surface pattern, sensor
   noise): no two are copies, so the right number of groups is 0.
 Positives are the (original, copy) pairs; every other pair is a negative. The descriptor table scores each
-candidate pair (dHash distance ≤ 8, whole or at a centre cut) by one descriptor and reports the best precision reachable at recall ≥ 0.9;
+candidate pair (dHash distance ≤ 8, whole or at a centre cut) by one descriptor and reports the best precision
+reachable at recall ≥ 0.9;
 the last lines run the real path (``picstory.data.audit.audit``) and score its groups.
 """
 

@@ -1,4 +1,5 @@
-"""Where the stages meet: a training run, a cross-validation, an evaluation run and the LR range test, each read top to bottom."""
+"""Where the stages meet: a training run, a cross-validation, an evaluation run and the LR range test, each read
+top to bottom."""
 
 from .cv_run import cross_validate, train
 from .evaluation_run import evaluate_run as evaluate
