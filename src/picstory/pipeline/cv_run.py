@@ -24,6 +24,7 @@ import numpy as np
 from .. import config as C
 from ..data import sources
 from ..data.split import fold_assignment
+from ..errors import UserError
 from ..evaluation.metrics import summarize
 from ..files import atomic_write, read_json
 from ..runs import RunDir, create_run_dir, refuse_inside, slug
@@ -47,6 +48,11 @@ def train(data: str | None = None, *, config=None, resume: str | Path | None = N
 
 def cross_validate(user: dict, progress: bool = True, command: str = "", callbacks: list | None = None
                    ) -> training_run.Run:
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # every rank would create its own parent folder
+        raise UserError("--folds with --nproc / torchrun is not supported: run the folds in one process, or one fold "
+                        "per launch with --fold N")
     source = sources.resolve(user["data"], user.get("path_col", ""), user.get("label_col", ""),
                              bool(user.get("allow_outside")))
     cfg = training_run.resolve_config(user, source)
