@@ -157,11 +157,11 @@ def best_precision(scores: list[float], labels: list[bool], n_pos: int) -> tuple
     """Highest precision at recall ≥ 0.9 (missed candidates count against recall), and its threshold."""
     order = np.argsort(-np.array(scores), kind="stable")
     s, y = np.array(scores)[order], np.array(labels)[order]
-    tp, best = np.cumsum(y), (0.0, float("nan"))
+    tp, best = np.cumsum(y), (float("nan"), float("nan"))
     for k in range(len(s)):
-        if k + 1 < len(s) and s[k + 1] == s[k]:
-            continue  # a threshold takes every pair with the same score
-        if tp[k] / n_pos >= 0.9 and tp[k] / (k + 1) > best[0]:
+        if k + 1 < len(s) and s[k + 1] == s[k] or s[k] <= -9:
+            continue  # a threshold takes every pair with the same score; -9 marks a pair the rule rejects
+        if tp[k] / n_pos >= 0.9 and not tp[k] / (k + 1) <= best[0]:
             best = (tp[k] / (k + 1), float(s[k]))
     return best
 
@@ -219,7 +219,7 @@ def main() -> None:
                   f"{cand_recall:.1%} of the positives")
             print("| descriptor | best precision at recall ≥ 0.9 | threshold |\n|---|---:|---:|")
             for k, (p, t) in table.items():
-                print(f"| {k} | {p:.3f} | {t:.3g} |")
+                print(f"| {k} | {p:.3f} | {t:.3g} |" if p == p else f"| {k} | recall 0.9 not reached | |")
             pairs, groups, seconds = audit_pairs(folder)
             tp = len(pairs & pos)
             print(f"data check (real path): {groups} near groups, {len(pairs)} pairs, precision "
