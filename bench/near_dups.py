@@ -150,7 +150,7 @@ def descriptor_scores(a: dict, b: dict, corr: float, worst: float) -> dict:
             "correlation 32×32, best centre cut": float(corr),
             "worst 8×8 block, best centre cut": -float(worst),
             "picstory: pHash ≤ 12 and corr ≥ 0.9, then worst block": -float(worst)
-            if corr >= NEAR_CORRELATION and (a["phash"] != b["phash"]).sum() <= PHASH_RADIUS else -9.0}
+            if corr >= NEAR_CORRELATION and (a["phash"] != b["phash"]).sum() <= PHASH_RADIUS else -1e9}
 
 
 def best_precision(scores: list[float], labels: list[bool], n_pos: int) -> tuple[float, float]:
@@ -159,8 +159,8 @@ def best_precision(scores: list[float], labels: list[bool], n_pos: int) -> tuple
     s, y = np.array(scores)[order], np.array(labels)[order]
     tp, best = np.cumsum(y), (float("nan"), float("nan"))
     for k in range(len(s)):
-        if k + 1 < len(s) and s[k + 1] == s[k] or s[k] <= -9:
-            continue  # a threshold takes every pair with the same score; -9 marks a pair the rule rejects
+        if k + 1 < len(s) and s[k + 1] == s[k] or s[k] <= -1e9:
+            continue  # a threshold takes every pair with the same score; -1e9 marks a pair the rule rejects
         if tp[k] / n_pos >= 0.9 and not tp[k] / (k + 1) <= best[0]:
             best = (tp[k] / (k + 1), float(s[k]))
     return best
