@@ -41,8 +41,9 @@ def train(data: str | None = None, *, config=None, resume: str | Path | None = N
         return training_run.train(resume=resume, progress=progress, command=command, callbacks=callbacks)
     user = training_run.user_config(data, config, overrides)
     if not C.coerce("folds", user.get("folds", 0)) or C.coerce("fold", user.get("fold", 0)):
-        return training_run.train(config=C.from_dict(user), progress=progress, command=command,
-                                  callbacks=callbacks)
+        # what the user set, not a full Config: unset keys must still take the preset's values
+        rest = {k: v for k, v in user.items() if k != "data"}
+        return training_run.train(user["data"], progress=progress, command=command, callbacks=callbacks, **rest)
     return cross_validate(user, progress=progress, command=command, callbacks=callbacks)
 
 
