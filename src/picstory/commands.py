@@ -26,6 +26,8 @@ def cmd_data(args: argparse.Namespace, argv: list[str]) -> int:
         split_counts = ", ".join(f"{k}: {v}" for k, v in counts.items())
         print(f"wrote {sum(counts.values())} PNG files to {args.out} ({split_counts})")
         return 0
+    if args.data_command == "issues":
+        return _data_issues(args)
     from .pipeline.data_check_run import check
     from .runs import slug
 
@@ -43,17 +45,36 @@ def cmd_data(args: argparse.Namespace, argv: list[str]) -> int:
     return 0 if report["usable"] else 2
 
 
+def _data_issues(args: argparse.Namespace) -> int:
+    from .doctor import export_relabel
+    from .doctor.issues import issues_table, label_issues, relabel_candidates, write_issues_csv
+
+    result = label_issues(args.run)
+    print(issues_table(result, args.limit))
+    print(f"list: {write_issues_csv(result)}")
+    if args.export_relabel:
+        n = export_relabel(result["parent"], args.export_relabel, candidates=relabel_candidates(args.run))
+        print(f"copied {n} images to check into {args.export_relabel}")
+    return 0
+
+
 def cmd_train(args: argparse.Namespace, argv: list[str]) -> int:
     if args.nproc is not None and args.nproc != 1:
         from .launch import launch
 
         return launch(args.nproc, argv, device=args.device or "auto")
-    from .pipeline.training_run import train
+    from .pipeline.cv_run import train
 
     run = train(args.data, config=args.config, resume=args.resume, progress=not args.quiet,
                 command=_cmdline(argv), **_overrides(args))
     s = run.summary
-    if s:
+    if s and s.get("folds"):
+        test = (f", test acc {s['test_accuracy']:.4f} ± {s['test_accuracy_std']:.4f}"
+                if s.get("test_accuracy") is not None else "")
+        print(f"\n{run.path}: {s['folds']} folds, val acc {s['val_accuracy']:.4f} ± {s['val_accuracy_std']:.4f}"
+              f"{test}, out-of-fold acc {s['oof_accuracy']:.4f}, {s['train_seconds']:.0f}s")
+        print(f"report: {run.path / 'cv.html'}\nlabel issues: picstory data issues {run.path}")
+    elif s:
         test = s.get("test_accuracy")
         print(f"\n{run.path}: best epoch {s['best_epoch']}/{s['epochs_run']}, val acc {s['val_accuracy']:.4f}, "
               f"test acc {test:.4f}" if test is not None else f"\n{run.path}: no test split", end="")

@@ -60,6 +60,9 @@ class DataConfig:
     max_bad_fraction: float = opt(0.05, "stop before training when more than this share of files cannot be decoded",
                                   min=0.0, max=1.0)
     limit_per_class: int = opt(0, "use at most this many training images per class (0 = all)", min=0)
+    folds: int = opt(0, "k-fold cross-validation: K runs, each validated on its own fold, the test split untouched "
+                        "(0 = off)", min=0)
+    fold: int = opt(0, "train only this fold (1 … --folds) of a cross-validation (0 = every fold)", min=0)
 
 
 @dataclass(frozen=True)
@@ -230,6 +233,8 @@ def coerce(key: str, value: Any) -> Any:
             assert all(s >= 8 for s in sizes)
         except (ValueError, AssertionError):
             raise ConfigError(f"'progressive' must be comma-separated sizes ≥ 8 px, got {value!r}") from None
+    if key == "folds" and value == 1:
+        raise ConfigError("'folds' must be 0 (off) or at least 2, got 1: one fold leaves nothing to validate on")
     return value
 
 
@@ -251,6 +256,9 @@ def from_dict(d: dict, base: Config | None = None) -> Config:
         value = coerce(key, value)
         section, _ = FIELDS[key]
         sections[section] = replace(sections[section], **{key: value})
+    d = sections["data"]
+    if d.fold and d.fold > d.folds:
+        raise ConfigError(f"'fold' {d.fold} needs 'folds' of at least {d.fold} (got folds {d.folds})")
     return Config(**sections)
 
 

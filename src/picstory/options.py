@@ -27,6 +27,12 @@ class DataCheckOptions:
 
 
 @dataclass(frozen=True)
+class DataIssuesOptions:
+    export_relabel: str | None = opt(None, "copy the likely mislabelled images here (DIR/<label>/ + relabel.csv)")
+    limit: int = opt(20, "rows shown in the table (issues.csv holds all)", min=0)
+
+
+@dataclass(frozen=True)
 class EvalOptions:
     tta: str = opt("none", "test-time augmentation", choices=TTA_MODES)
     report_by: str = opt("", "label-file column for per-group metrics; none: the run's --report-by or --group-col")
@@ -115,6 +121,7 @@ class DoctorOptions:
 PREDICT, EXPORT, SERVE, EVAL = PredictOptions(), ExportOptions(), ServeOptions(), EvalOptions()
 MONITOR, DOCTOR, DATA_CHECK = MonitorOptions(), DoctorOptions(), DataCheckOptions()
 TUNE = TuneOptions()
+DATA_ISSUES = DataIssuesOptions()
 
 
 def values(cls: type, args) -> dict:

@@ -31,6 +31,13 @@ class RunDir:
     report = property(lambda self: self.path / "report.html")
     bundle = property(lambda self: self.path / "model")
     last_checkpoint = property(lambda self: self.path / "checkpoints" / "last.pt")
+    # a cross-validation parent: one run directory per fold (fold-1 …) and what they add up to
+    folds = property(lambda self: self.path / "folds.json")
+    cv = property(lambda self: self.path / "cv.json")
+    cv_report = property(lambda self: self.path / "cv.html")
+    oof = property(lambda self: self.path / "oof.npz")
+    oof_csv = property(lambda self: self.path / "oof.csv")
+    issues = property(lambda self: self.path / "issues.csv")
 
     def eval(self, data: str | None = None) -> Path:
         """eval.json for the run's own test split, eval-DATA.json for other data."""

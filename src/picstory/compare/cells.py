@@ -38,7 +38,7 @@ def inspect_cell(cell_dir: Path) -> tuple[str, dict]:
     reason = summary.get("stop_reason")
     if reason and reason != "interrupted":
         return "done", summary
-    if RunDir(cell_dir).last_checkpoint.is_file():
+    if RunDir(cell_dir).last_checkpoint.is_file() or RunDir(cell_dir).folds.is_file():
         return "resume", summary
     return ("restart" if cell_dir.exists() else "new"), {}
 
@@ -78,7 +78,7 @@ def _float(v: Any) -> float:
 
 def train_cell(task: dict, callbacks: list | None = None) -> dict:
     """Train (or resume) one cell; never raises for a cell's own failure. Runs in this process or a worker."""
-    from ..pipeline.training_run import train
+    from ..pipeline.cv_run import train  # a cell with folds is a cross-validation: its summary holds the means
 
     try:
         if task["resume"]:

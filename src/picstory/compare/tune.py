@@ -227,8 +227,7 @@ def tune(data: str, trials: int = TUNE.trials, budget_minutes: float | None = TU
     if both:
         raise ConfigError(f"'{both[0]}' is both in --space and a fixed option ({overrides[both[0]]}); drop one")
     optuna = _need_optuna()
-    sources.resolve(data, overrides.get("path_col", ""), overrides.get("label_col", ""),
-                    bool(overrides.get("allow_outside")))  # fail before any trial
+    sources.resolve(data, **C.label_file_options(overrides))  # fail before any trial
     path = Path(out or "runs") / (name or f"tune-{slug(data)}")
     record = _open(path, _identity(data, dims, overrides, pruner))
     record["command"] = command or record.get("command", "")

@@ -28,15 +28,24 @@ from .sources import Source, resolve
 from .split import balance, describe_balance, split_source
 
 HASH_DRAFT = (64, 64)  # JPEG DCT scaling for hashing: 2.5x faster on 500×375 photos, more on larger ones
-HASH_RADIUS = 4  # dHash bits that may differ in a near duplicate; resized or re-encoded copies measure 0–2
-# dHash alone pairs unrelated smooth pictures (gradients, skies) that share a brightness slope; a candidate pair
-# must also correlate on 16×16 gray thumbnails (copies score > 0.98; unrelated dHash matches mostly < 0.5)
+# Near duplicates in two steps (bench/near_dups.py measured the choices; bench/README.md has the figures):
+# 1. candidates: 64-bit dHashes at most HASH_RADIUS bits apart (resized, re-encoded, brightened or slightly cropped
+#    copies measure 0–6; it is only a cheap filter, so it errs on the side of letting pairs through);
+# 2. verification on 32×32 gray thumbnails, each normalised to zero mean and unit variance (brightness and
+#    contrast shifts cancel): the thumbnails must correlate (≥ NEAR_CORRELATION) AND no 8×8 block may differ by more
+#    than NEAR_BLOCK_DIFF on average. The block test is what separates two different parts on one texture (grid
+#    lines, a uniform surface): the texture makes the global correlation high, the part changes one block a lot.
+HASH_RADIUS = 8
+THUMB_PX = 32
+# a cropped copy is a rescaled one: each image also keeps hashes and thumbnails of its centre cut by these shares per
+# side, and a pair is compared at the best-matching cut of either image (a 6 % crop cost 0.2 of correlation at 32 px)
+CROP_LEVELS = (0.0, 0.025, 0.05, 0.075, 0.1)
 NEAR_CORRELATION = 0.9
-# Tiny images (≤ 64 px: MNIST-like sets) hold little more detail than the thumbnail itself, so distinct items of one
-# class (two plain trousers) agree on both checks; there only near-identical pixels count. On Fashion-MNIST the
-# photo threshold chained 5,000 test images into "leaks"; at 0.98 what remains are true re-uses.
-NEAR_CORRELATION_TINY = 0.98
-TINY_PX = 64
+NEAR_BLOCK_DIFF = 0.4  # mean |a − b| of normalised pixels in the worst 8×8 block; most copies measure < 0.3
+BLOCK_PX = 8
+# and the perceptual hash (signs of the 8×8 lowest DCT frequencies of a 32×32 gray) at most PHASH_RADIUS of 63
+# bits apart: alone it was the best single descriptor on the photo set (precision 0.89 at recall 0.9)
+PHASH_RADIUS = 12
 FEW_IMAGES = 10  # a class below this is too small to learn or to evaluate
 IMBALANCE_WARN = 3.0
 SPLIT_ORDER = ("train", "val", "test")
@@ -49,13 +58,15 @@ class Seen:
 
     digest: bytes
     dhash: int | None  # None for in-memory sets, where near duplicates are not looked for
-    thumb: bytes | None  # 16×16 gray, to confirm a dHash match
+    thumb: bytes | None  # THUMB_PX² gray per CROP_LEVELS entry, to confirm a dHash match
     width: int
     height: int
     mode: str
     channels: int
     frames: int = 1
     exif_rotated: bool = False
+    crop_hashes: tuple[int, ...] = ()  # dHash of each centre cut of CROP_LEVELS after the first
+    phash: int | None = None  # 63-bit DCT hash; None (older records, tests) skips that check
 
 
 @dataclass
@@ -134,8 +145,29 @@ def inspect_file(path: str) -> Seen | str:
     except Exception as e:  # one odd file must not end a 50,000-file audit; its row names what broke
         return f"cannot decode: {type(e).__name__}: {e}"
     gray = Image.fromarray(img[:, :, 0] if img.shape[2] == 1 else img).convert("L")
-    return Seen(hashlib.blake2b(data, digest_size=16).digest(), dhash(gray), gray.resize((16, 16), BOX).tobytes(),
-                info.width, info.height, info.mode, img.shape[2], info.frames, info.exif_rotated)
+    cuts = [_cut(gray, f) for f in CROP_LEVELS]
+    return Seen(hashlib.blake2b(data, digest_size=16).digest(), dhash(gray), b"".join(thumbnail(c) for c in cuts),
+                info.width, info.height, info.mode, img.shape[2], info.frames, info.exif_rotated,
+                tuple(dhash(c) for c in cuts[1:]), phash(gray))
+
+
+def _cut(gray: Image.Image, share: float) -> Image.Image:
+    if share <= 0:
+        return gray
+    w, h = gray.size
+    dx, dy = w * share, h * share
+    return gray.resize((max(9, round(w - 2 * dx)), max(9, round(h - 2 * dy))), BOX, box=(dx, dy, w - dx, h - dy))
+
+
+def thumbnail(gray: Image.Image) -> bytes:
+    return gray.resize((THUMB_PX, THUMB_PX), BOX).tobytes()
+
+
+def phash(gray: Image.Image) -> int:
+    from scipy.fft import dctn
+
+    low = dctn(np.asarray(gray.resize((32, 32), BOX), np.float64), norm="ortho")[:8, :8].ravel()[1:]
+    return int.from_bytes(np.packbits(np.r_[low > np.median(low), False]).tobytes(), "big")
 
 
 def dhash(gray: Image.Image) -> int:
@@ -186,38 +218,99 @@ def find_groups(source: Source, seen: list[Seen | str], extra_reasons: list[str]
     return Audit(source, seen, duplicates, near, leaks, extra_reasons or [])
 
 
-def near_groups(reps: list[int], seen: list, by_digest: dict[bytes, list[int]]) -> list[list[int]]:
-    """Connected components of distinct contents whose dHashes differ in at most HASH_RADIUS bits."""
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components
+def normalised(thumbs: list[bytes]) -> np.ndarray:
+    """(N, levels, side, side) float32 thumbnails at zero mean, unit variance; a flat image stays near zero."""
+    size = len(thumbs[0])
+    side = THUMB_PX if size % (THUMB_PX * THUMB_PX) == 0 else int(round(size ** 0.5))
+    z = np.stack([np.frombuffer(t, np.uint8) for t in thumbs]).astype(np.float32).reshape(len(thumbs), -1, side, side)
+    z -= z.mean((2, 3), keepdims=True)
+    z /= np.maximum(np.sqrt((z * z).mean((2, 3), keepdims=True)), 3.0)  # flat (σ < 3 levels) correlates with nothing
+    return z
 
+
+def pair_scores(za: np.ndarray, zb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(correlation, worst block's mean absolute difference) of normalised thumbnail pairs (N, side, side)."""
+    corr = (za * zb).mean((1, 2))
+    n, side = za.shape[0], za.shape[1]
+    b = max(1, min(BLOCK_PX, side // 2))
+    k = side // b
+    diff = np.abs(za - zb)[:, :k * b, :k * b].reshape(n, k, b, k, b).mean((2, 4))
+    return corr, diff.reshape(n, -1).max(1)
+
+
+def aligned_scores(za: np.ndarray, zb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Scores at the best-correlating alignment: either image whole against a centre cut of the other (a crop)."""
+    levels = za.shape[1]
+    pairs = [(0, 0)] + [(k, 0) for k in range(1, levels)] + [(0, k) for k in range(1, levels)]
+    scored = [pair_scores(za[:, i], zb[:, j]) for i, j in pairs]
+    corr = np.stack([c for c, _ in scored])
+    best = corr.argmax(0)
+    pick = np.arange(za.shape[0])
+    return corr[best, pick], np.stack([w for _, w in scored])[best, pick]
+
+
+def verified(za: np.ndarray, zb: np.ndarray) -> np.ndarray:
+    corr, worst = aligned_scores(za, zb)
+    return (corr >= NEAR_CORRELATION) & (worst <= NEAR_BLOCK_DIFF)
+
+
+def _distances(h: np.ndarray, rows: slice) -> np.ndarray:
+    """Smallest dHash distance between rows' images and every image, whole or at a centre cut of either side."""
+    d = np.bitwise_count(h[rows, 0, None] ^ h[None, :, 0])
+    for k in range(1, h.shape[1]):
+        np.minimum(d, np.bitwise_count(h[rows, k, None] ^ h[None, :, 0]), out=d)
+        np.minimum(d, np.bitwise_count(h[rows, 0, None] ^ h[None, :, k]), out=d)
+    return d
+
+
+def near_groups(reps: list[int], seen: list, by_digest: dict[bytes, list[int]]) -> list[list[int]]:
+    """Groups of distinct contents that are copies of one picture, each member verified against the group's
+    representative (never chained through look-alikes: A ≈ B and B ≈ C does not put A with C)."""
     reps = [i for i in reps if seen[i].dhash is not None]
     if len(reps) < 2:
         return []
-    hashes = np.array([seen[i].dhash for i in reps], dtype=np.uint64)
-    tiny = np.array([max(seen[i].width, seen[i].height) <= TINY_PX for i in reps])
-    z = np.stack([np.frombuffer(seen[i].thumb, np.uint8) for i in reps]).astype(np.float32)
-    z -= z.mean(1, keepdims=True)
-    z /= np.maximum(np.sqrt((z * z).mean(1, keepdims=True)), 1e-3)  # flat images correlate with nothing
-    n, block = len(hashes), max(1, 4_000_000 // len(hashes))  # bounded memory: block × n distances at a time
+    levels = min(len(seen[i].crop_hashes) for i in reps) + 1
+    hashes = np.array([(seen[i].dhash, *seen[i].crop_hashes[:levels - 1]) for i in reps], dtype=np.uint64)
+    thumbs = [seen[i].thumb for i in reps]
+    with_phash = all(seen[i].phash is not None for i in reps)
+    ph = np.array([seen[i].phash for i in reps], dtype=np.uint64) if with_phash else None
+    n, block = len(hashes), max(1, 2_000_000 // len(hashes))  # bounded memory: block × n distances at a time
     rows, cols = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
     for start in range(0, n, block):
-        r, c = np.nonzero(np.bitwise_count(hashes[start:start + block, None] ^ hashes[None, :]) <= HASH_RADIUS)
+        r, c = np.nonzero(_distances(hashes, slice(start, start + block)) <= HASH_RADIUS)
         r, c = r[c > r + start] + start, c[c > r + start]
-        for k in range(0, len(r), 65536):
-            rr, cc = r[k:k + 65536], c[k:k + 65536]
-            need = np.where(tiny[rr] | tiny[cc], NEAR_CORRELATION_TINY, NEAR_CORRELATION) * z.shape[1]
-            ok = np.einsum("ij,ij->i", z[rr], z[cc]) >= need
+        for k in range(0, len(r), 4096):
+            rr, cc = r[k:k + 4096], c[k:k + 4096]
+            # normalised per batch: all thumbnails as float32 at once would take 20 KB an image
+            if ph is not None:
+                near = np.bitwise_count(ph[rr] ^ ph[cc]) <= PHASH_RADIUS
+                rr, cc = rr[near], cc[near]
+            za, zb = (normalised([thumbs[i] for i in ids])[:, :levels] for ids in (rr, cc))
+            ok = verified(za, zb) if len(rr) else np.zeros(0, bool)
             rows.append(rr[ok])
             cols.append(cc[ok])
     rows, cols = np.concatenate(rows), np.concatenate(cols)
-    graph = coo_matrix((np.ones(len(rows), bool), (rows, cols)), shape=(n, n))
-    _, comp = connected_components(graph, directed=False)
-    members: dict[int, list[int]] = defaultdict(list)
-    for k, c in enumerate(comp):
-        members[int(c)].append(k)
-    groups = [sorted(i for k in ks for i in by_digest[seen[reps[k]].digest]) for ks in members.values() if len(ks) > 1]
-    return sorted(groups)
+    groups = star_clusters(n, rows, cols)
+    return sorted(sorted(i for k in ks for i in by_digest[seen[reps[k]].digest]) for ks in groups)
+
+
+def star_clusters(n: int, rows: np.ndarray, cols: np.ndarray) -> list[list[int]]:
+    """Each group is a representative and its own verified matches: the best-connected unassigned image leads,
+    its unassigned matches join it, repeat. No member joins through another member."""
+    neighbours: dict[int, list[int]] = defaultdict(list)
+    for a, b in zip(rows.tolist(), cols.tolist()):
+        neighbours[a].append(b)
+        neighbours[b].append(a)
+    taken = np.zeros(n, bool)
+    groups = []
+    for rep in sorted(neighbours, key=lambda v: (-len(neighbours[v]), v)):
+        if taken[rep]:
+            continue
+        members = [rep] + [m for m in neighbours[rep] if not taken[m]]
+        if len(members) > 1:
+            taken[members] = True
+            groups.append(members)
+    return groups
 
 
 # ---- the report --------------------------------------------------------------------------------------------------

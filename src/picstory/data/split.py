@@ -295,3 +295,54 @@ def read_manifest(path: str | Path, source: Source) -> dict[str, list[int]]:
     if missing and not any(out.values()):
         raise DataError(f"{path}: none of its {missing} images are in {source.spec}; is this the same data set?")
     return out
+
+
+def fold_assignment(records: list[Record], folds: int, test_fraction: float = 0.1, seed: int = 0) -> np.ndarray:
+    """k-fold cross-validation: for each record its fold (0 … folds-1), or -1 for the held-out test split.
+
+    The test split is the data's own (or the usual test fraction, drawn as :func:`assign_splits` draws it) and is
+    the same for every fold; the rest (train and any declared val) is divided into ``folds`` stratified folds —
+    StratifiedGroupKFold when records carry a group, so that no group is on both sides of a fold, else
+    StratifiedKFold.
+    """
+    from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
+
+    if folds < 2:
+        raise DataError(f"--folds {folds}: cross-validation needs at least 2 folds (0 = no cross-validation)")
+    held = assign_splits(records, 0.0, test_fraction, seed)
+    pool = np.array([i for i, s in enumerate(held) if s != "test"])
+    labels = np.array([records[i].label for i in pool])
+    counts: dict[str, int] = defaultdict(int)
+    for label in labels:
+        counts[label] += 1
+    small = sorted((n, c) for c, n in counts.items() if n < folds)
+    if small:
+        listed = ", ".join(f"'{c}' ({n})" for n, c in small[:5]) + (" …" if len(small) > 5 else "")
+        raise DataError(f"--folds {folds}: every class needs at least {folds} training images (one per fold); "
+                        f"too few in {listed}: use --folds {max(2, small[0][0])} or add images")
+    out = np.full(len(records), -1, dtype=np.int64)
+    groups = [records[i].group for i in pool]
+    if any(g is not None for g in groups):
+        # a record without a group is its own group: it may sit in any fold
+        keys = np.array([f"g:{g}" if g is not None else f"r:{i}" for g, i in zip(groups, pool)])
+        n_groups = len(set(keys))
+        if n_groups < folds:
+            raise DataError(f"--folds {folds}: the training data has only {n_groups} group(s) in --group-col; "
+                            f"use --folds {max(2, n_groups)} or fewer, or no --group-col")
+        splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
+        parts = splitter.split(np.zeros(len(pool)), labels, keys)
+    else:
+        parts = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed).split(np.zeros(len(pool)), labels)
+    for k, (_, held_out) in enumerate(parts):
+        out[pool[held_out]] = k
+    return out
+
+
+def fold_splits(source: Source, folds: int, fold: int, test_fraction: float, seed: int) -> dict[str, list[int]]:
+    """The train / val / test indices of fold ``fold`` (1-based) of ``folds``: val is that fold, train the others."""
+    if not 1 <= fold <= folds:
+        raise DataError(f"--fold {fold}: must be between 1 and --folds {folds}")
+    assigned = fold_assignment(source.records, folds, test_fraction, seed)
+    return {"train": [int(i) for i in np.flatnonzero((assigned >= 0) & (assigned != fold - 1))],
+            "val": [int(i) for i in np.flatnonzero(assigned == fold - 1)],
+            "test": [int(i) for i in np.flatnonzero(assigned < 0)]}

@@ -157,12 +157,16 @@ def _source_file(run: Mapping, path: str) -> Path | None:
     return None
 
 
-def export_relabel(run_dir: str | Path, out_dir: str | Path) -> int:
+def export_relabel(run_dir: str | Path, out_dir: str | Path, candidates: list[dict] | None = None) -> int:
     """Copy the likely mislabelled training images into OUT/<given label>/ for a person to check; returns the count.
 
-    The original file is copied when it is on disk, else the thumbnail from eval.json is written. A
-    ``relabel.csv`` lists each file with its label, the model's guess and the source path.
+    The candidates are confident learning's label issues when the run has out-of-fold probabilities (a
+    cross-validation, ``--folds K``), else the top-loss suspects of eval.json. The original file is copied when it
+    is on disk, an in-memory set's image is written as PNG, else the thumbnail from eval.json. A ``relabel.csv``
+    lists each file with its label, the model's guess and the source path.
     """
+    from .issues import oof_file, relabel_candidates
+
     run = load_run(run_dir)
     out = Path(out_dir)
     spec = Path(data_spec(run))
@@ -176,15 +180,24 @@ def export_relabel(run_dir: str | Path, out_dir: str | Path) -> int:
     except OSError as e:
         raise UserError(f"--export-relabel {out}: cannot write there ({e.strerror or e}); choose a writable "
                         "folder") from None
+    if candidates is None:
+        has_oof = oof_file(run["dir"]) is not None
+        candidates = relabel_candidates(run["dir"]) if has_oof else (run.get("eval") or {}).get("suspects") or []
+    arrays = None
     rows = []
-    for n, s in enumerate((run.get("eval") or {}).get("suspects") or []):
+    for n, s in enumerate(candidates):
         folder = out / _safe_name(s.get("label", "unknown"))
         folder.mkdir(parents=True, exist_ok=True)
-        src = _source_file(run, str(s.get("path", "")))
+        ref = str(s.get("ref", ""))
+        src = Path(ref) if ref and Path(ref).is_file() else _source_file(run, str(s.get("path", "")))
         stem = f"{n:03d}_{_safe_name(Path(str(s.get('path', 'image'))).stem)}"
         if src is not None:
             dest = folder / f"{stem}{src.suffix.lower()}"
             shutil.copy2(src, dest)
+        elif ref.isdigit():  # an image of an in-memory set (IDX files, builtin:): written as PNG
+            arrays = arrays if arrays is not None else _arrays(data_spec(run))
+            dest = folder / f"{stem}.png"
+            _write_png(arrays[int(ref)], dest)
         else:
             m = re.match(r"data:image/(\w+);base64,(.*)$", str(s.get("thumb", "")), re.S)
             if not m:
@@ -197,6 +210,21 @@ def export_relabel(run_dir: str | Path, out_dir: str | Path) -> int:
         with (out / "relabel.csv").open("w", newline="") as f:
             csv.writer(f).writerows([["file", "label", "predicted", "confidence", "source"], *rows])
     return len(rows)
+
+
+def _arrays(spec: str):
+    from ..data.sources import resolve
+
+    source = resolve(spec)
+    if not source.in_memory:
+        raise UserError(f"{spec}: the images of the label issues are no longer there; check the data path")
+    return source.arrays
+
+
+def _write_png(img, dest: Path) -> None:
+    from PIL import Image
+
+    Image.fromarray(img[..., 0] if img.ndim == 3 and img.shape[-1] == 1 else img).save(dest)
 
 
 __all__ = [

@@ -70,6 +70,15 @@ def load_run(run_dir: str | Path) -> dict:
     for name in OPTIONAL_FILES:
         p = run / name
         out[name.split(".")[0]] = _read_json(p) if p.is_file() else None
+    out["label_issues"] = None
+    from .issues import label_issues, oof_file
+
+    if oof_file(run) is not None:  # a cross-validation: label checks from out-of-fold probabilities
+        try:
+            found = label_issues(run)
+            out["label_issues"] = {"n": found["n"], "rows": found["rows"][:200], "count": len(found["rows"])}
+        except UserError:
+            pass
     return out
 
 

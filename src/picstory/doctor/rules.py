@@ -290,6 +290,8 @@ def _taken(cm: list[list[float]], classes: list[str], i: int, j: int) -> str:
 
 
 def check_mislabelled(run: Mapping, trusted_accuracy: float = 0.8) -> Finding | None:
+    if (run.get("label_issues") or {}).get("rows"):
+        return _confident_learning_finding(run)
     suspects = (run.get("eval") or {}).get("suspects") or []
     if not suspects:
         return None
@@ -307,6 +309,27 @@ def check_mislabelled(run: Mapping, trusted_accuracy: float = 0.8) -> Finding | 
         [f"picstory doctor {_run_path(run)} --export-relabel relabel",
          "Check the copies in relabel/<label>/ by eye, fix the wrong labels in your data folder, train again."],
         {"count": len(suspects)})
+
+
+def _confident_learning_finding(run: Mapping) -> Finding:
+    """Out-of-fold probabilities exist: confident learning's estimate replaces the top-loss list."""
+    found = run["label_issues"]
+    count, n, r0 = found["count"], found["n"], found["rows"][0]
+    acc, _ = _accuracy(run)
+    weak = acc is not None and acc < 0.8
+    share = count / max(n, 1)
+    return Finding(
+        "mislabelled", "warning" if share >= 0.01 and not weak else "info",
+        f"{plural(count, 'training image')} probably mislabelled ({_pct(share)})",
+        f"Confident learning on the out-of-fold probabilities of the cross-validation flags {count} of {n} training "
+        f"images, e.g. {r0['path']!r} is labelled {r0['label']!r} but looks like {r0['suggested']!r} "
+        f"(p = {r0['p_suggested']:.2f}, p(label) = {r0['self_confidence']:.2f}). Each was judged by a model that "
+        "never trained on it, so the list is not the model's memory of its own labels."
+        + (f" With {_pct(acc)} accuracy the models are still weak: many of these may be their mistakes." if weak
+           else ""),
+        [f"picstory data issues {_run_path(run)} --export-relabel relabel",
+         "Check the copies in relabel/<label>/ by eye, fix the wrong labels in your data, train again."],
+        {"count": count, "share": share})
 
 
 def check_few_images(run: Mapping, minimum: int = 20) -> Finding | None:

@@ -11,6 +11,7 @@ from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
 from ..data.batches import normalize
 from ..files import data_uri
+from .label_issues import top_loss
 from .tta import predict_proba
 
 
@@ -111,8 +112,7 @@ def suspects(probs: np.ndarray, labels: np.ndarray, images: torch.Tensor, paths:
     """Training images the model confidently assigns to another class: the likeliest label errors."""
     pred = probs.argmax(1)
     loss = -np.log(probs[np.arange(len(labels)), labels] + 1e-12)
-    cand = np.flatnonzero((pred != labels) & (probs[np.arange(len(labels)), pred] >= min_confidence))
-    order = cand[np.argsort(-loss[cand])][:n]
+    order = top_loss(probs, labels, min_confidence)[:n]
     return [{"path": paths[i], "label": classes[labels[i]], "pred": classes[pred[i]],
              "confidence": float(probs[i, pred[i]]), "loss": float(loss[i]),
              "thumb": thumb(images[i].permute(1, 2, 0).numpy())} for i in order]

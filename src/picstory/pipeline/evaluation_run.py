@@ -110,10 +110,8 @@ def _label_options(dcfg: dict, data: str | None, given: dict) -> dict:
 
 def _load_eval_data(run_dir: Path, meta: dict, data: str | None, progress: bool, limit: int | None = None,
                     options: dict | None = None):
-    from ..data.cache import load_images
     from ..data.sources import resolve
     from ..data.split import read_manifest
-    from ..training.setup import Split
 
     dcfg = _run_data_config(run_dir)
     spec = data or dcfg.get("data") or meta.get("data")
@@ -131,26 +129,50 @@ def _load_eval_data(run_dir: Path, meta: dict, data: str | None, progress: bool,
     else:
         declared = [i for i, r in enumerate(source.records) if r.split == "test"]
         idx, name = (declared, "test") if declared else (list(range(len(source.records))), "all")
-    index = {c: i for i, c in enumerate(classes)}
-
     def part(ids: list[int]):
-        cached = load_images(source, ids, meta["img_size"], meta["in_chans"], meta.get("fit", "crop"),
-                             progress=progress)
-        ok = [j for j in range(len(ids)) if cached.ok[j]]
-        if cached.bad:
-            print(f"warning: skipped {len(cached.bad)} unreadable image(s)", file=sys.stderr)
-        arr = np.ascontiguousarray(cached.images[ok]) if ok else np.zeros((0, 1, 1, 1), np.uint8)
-        recs = [source.records[ids[j]] for j in ok]
-        weights = torch.tensor([r.weight for r in recs], dtype=torch.float32) if opts.get("weight_col") else None
-        return Split(torch.from_numpy(arr).permute(0, 3, 1, 2),
-                     torch.tensor([index[r.label] for r in recs], dtype=torch.long),
-                     [source.display_path(r) for r in recs], weights, recs)
+        return _decode(source, ids, meta, progress, weighted=bool(opts.get("weight_col")))[0]
 
     test = part(idx)
     if not len(test.labels):
         raise UserError(f"no test images to evaluate in {spec}")
     train = part(train_idx) if train_idx else None
     return test, name, train
+
+
+def _decode(source, ids: list[int], meta: dict, progress: bool, weighted: bool = False):
+    """The run's input pixels for ``source.records[ids]`` (a Split) and which of ``ids`` could be read."""
+    from ..data.cache import load_images
+    from ..training.setup import Split
+
+    index = {c: i for i, c in enumerate(meta["classes"])}
+    cached = load_images(source, ids, meta["img_size"], meta["in_chans"], meta.get("fit", "crop"), progress=progress)
+    ok = [j for j in range(len(ids)) if cached.ok[j]]
+    if cached.bad:
+        print(f"warning: skipped {len(cached.bad)} unreadable image(s)", file=sys.stderr)
+    arr = np.ascontiguousarray(cached.images[ok]) if ok else np.zeros((0, 1, 1, 1), np.uint8)
+    recs = [source.records[ids[j]] for j in ok]
+    weights = torch.tensor([r.weight for r in recs], dtype=torch.float32) if weighted else None
+    split = Split(torch.from_numpy(arr).permute(0, 3, 1, 2),
+                  torch.tensor([index[r.label] for r in recs], dtype=torch.long),
+                  [source.display_path(r) for r in recs], weights, recs)
+    return split, [ids[j] for j in ok]
+
+
+def split_probabilities(run: str | Path, source, split: str = "val", tta: str = EVAL.tta, device: str = "cpu",
+                        progress: bool = False) -> dict:
+    """The best model's probabilities on one split of the run's own manifest (cross-validation's out-of-fold
+    predictions): ``probs`` (N, K), ``labels``, ``indices`` into ``source.records``, display ``paths``."""
+    from ..data.split import read_manifest
+    from ..models.bundle import load_bundle
+
+    run_dir = find_run(run)
+    model, meta = load_bundle(RunDir(run_dir).bundle, device=device)
+    model = model.to(memory_format=torch.channels_last)
+    ids = read_manifest(RunDir(run_dir).split, source)[split]
+    part, kept = _decode(source, ids, meta, progress)
+    probs = predict_images(model, part.images, meta["mean"], meta["std"], tta=tta, device=device)
+    return {"probs": probs.reshape(len(kept), len(meta["classes"])), "labels": part.labels.numpy(),
+            "indices": np.array(kept, dtype=np.int64), "paths": part.paths, "classes": meta["classes"]}
 
 
 def finalize_report(run_dir: Path, summary: dict) -> None:

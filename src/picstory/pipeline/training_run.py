@@ -18,7 +18,7 @@ from .. import config as C
 from .._version import __version__
 from ..data import sources
 from ..data.labelfile import format_label_map, parse_label_map
-from ..data.split import balance, check_column, describe_balance, manifest_csv, read_manifest, split_source
+from ..data.split import balance, check_column, describe_balance, fold_splits, manifest_csv, read_manifest, split_source
 from ..errors import ConfigError, UserError
 from ..files import atomic_write, read_json, remove_temp_files
 from ..runs import RunDir, create_run_dir, find_run, refuse_inside, slug
@@ -109,6 +109,20 @@ def train(data: str | None = None, *, config: str | Path | C.Config | None = Non
     ``callbacks`` adds engine callbacks (objects with on_epoch_end(learner) etc.) to the built-in ones."""
     if resume:
         return _resume(resume, progress=progress, command=command, callbacks=callbacks)
+    user = user_config(data, config, overrides)
+    source = sources.resolve(user["data"], **C.label_file_options(user))
+    cfg = resolve_config(user, source)
+    for flag, column in (("--stratify-col", cfg.data.stratify_col), ("--report-by", cfg.data.report_by)):
+        if column:  # before any training: a misspelt column must not cost a run
+            check_column(source, flag, column)
+    if source.kind in ("folder", "filenames"):
+        refuse_inside(cfg.run.out, source.root)
+    return _fit(cfg, source, run_dir=None, checkpoint=None, progress=progress, command=command,
+                callbacks=callbacks)
+
+
+def user_config(data: str | None, config: str | Path | C.Config | None, overrides: dict) -> dict:
+    """What the user set: a config (object or YAML file) under the keyword overrides, checked key by key."""
     user: dict = {}
     if isinstance(config, C.Config):
         user.update(_flat(config))
@@ -120,15 +134,18 @@ def train(data: str | None = None, *, config: str | Path | C.Config | None = Non
     if not user.get("data"):
         raise ConfigError("no data given: picstory train DATA (a folder, a CSV, IDX files or builtin:digits)")
     C.from_dict(user)  # fail on a bad key before touching the data
-    source = sources.resolve(user["data"], **C.label_file_options(user))
-    cfg = resolve_config(user, source)
-    for flag, column in (("--stratify-col", cfg.data.stratify_col), ("--report-by", cfg.data.report_by)):
-        if column:  # before any training: a misspelt column must not cost a run
-            check_column(source, flag, column)
-    if source.kind in ("folder", "filenames"):
-        refuse_inside(cfg.run.out, source.root)
-    return _fit(cfg, source, run_dir=None, checkpoint=None, progress=progress, command=command,
-                callbacks=callbacks)
+    return user
+
+
+def make_splits(cfg: C.Config, source: sources.Source, notes: list[str] | None = None) -> dict[str, list[int]]:
+    """The run's train / val / test indices: the stratified (group-aware) split, or one fold of a cross-validation."""
+    d = cfg.data
+    if d.folds and not d.fold:
+        raise ConfigError(f"folds {d.folds} without fold: train the cross-validation with picstory.train or "
+                          "`picstory train DATA --folds K`, or one fold alone with --fold N")
+    if d.folds:
+        return fold_splits(source, d.folds, d.fold, d.test_fraction, cfg.train.seed)
+    return split_source(source, d.val_fraction, d.test_fraction, cfg.train.seed, d.stratify_col, notes)
 
 
 def _flat(cfg: C.Config) -> dict:
@@ -194,8 +211,7 @@ def _fit(cfg: C.Config, source: sources.Source, run_dir: Path | None, checkpoint
         if checkpoint is not None:
             splits = read_manifest(RunDir(run_dir).split, source)
         else:
-            splits = split_source(source, cfg.data.val_fraction, cfg.data.test_fraction, t.seed,
-                                  cfg.data.stratify_col, notes)
+            splits = make_splits(cfg, source, notes)
             if dist.is_main:
                 atomic_write(RunDir(run_dir).split, manifest_csv(source, splits))
         td = load_train_data(cfg, source, splits, device, dist, progress)
@@ -310,8 +326,7 @@ def prepare(data: str, progress: bool = False, **overrides) -> tuple[C.Config, T
     device = pick_device(cfg.train.device)
     set_threads(cfg.train.threads)
     seed_everything(cfg.train.seed)
-    splits = split_source(source, cfg.data.val_fraction, cfg.data.test_fraction, cfg.train.seed,
-                          cfg.data.stratify_col)
+    splits = make_splits(cfg, source)
     td = load_train_data(cfg, source, splits, device, Dist(), progress)
     return cfg, td, device, pick_precision(cfg.train.precision, device)
 
@@ -438,4 +453,4 @@ def _finish(run_dir: Path, cfg: C.Config, td: TrainData, learner: Learner, train
     return final
 
 
-__all__ = ["train", "prepare", "Run", "resolve_config"]
+__all__ = ["train", "prepare", "Run", "resolve_config", "user_config", "make_splits"]
