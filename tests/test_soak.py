@@ -110,9 +110,11 @@ def test_server_soak_mixed_clients(tmp_path):
     assert after < before * 1.10, (before, after)
 
 
-def _train(data: str, out: str, resume: str | None) -> None:
+def _train(data: str, out: str, resume: str | None, ready=None) -> None:
     from picstory.pipeline import train
 
+    if ready is not None:
+        ready.set()  # imports done: the parent's kill clock starts at the training itself
     try:
         if resume:
             train(resume=resume, progress=False)
@@ -150,7 +152,8 @@ def test_training_survives_kill_9_at_random_points(tmp_path):
 
     data = make_folder(tmp_path / "data", n_per_class=8, size=16)
     out, run = tmp_path / "runs", tmp_path / "runs" / "k"
-    ctx = multiprocessing.get_context("fork")  # torch is imported already: kill points land in the training
+    # spawn, not fork: a child forked from a parent whose OpenMP threads already ran can crash inside torch
+    ctx = multiprocessing.get_context("spawn")
     rng, kills = random.Random(17), 0
 
     def start() -> multiprocessing.Process:
@@ -160,8 +163,10 @@ def test_training_survives_kill_9_at_random_points(tmp_path):
             for f in run.iterdir():
                 f.unlink()
             run.rmdir()
-        child = ctx.Process(target=_train, args=(str(data), str(out), resume))
+        ready = ctx.Event()
+        child = ctx.Process(target=_train, args=(str(data), str(out), resume, ready))
         child.start()
+        ready.wait(120)
         return child
 
     for _ in range(40):

@@ -285,8 +285,10 @@ def near_groups(reps: list[int], seen: list, by_digest: dict[bytes, list[int]]) 
             if ph is not None:
                 near = np.bitwise_count(ph[rr] ^ ph[cc]) <= PHASH_RADIUS
                 rr, cc = rr[near], cc[near]
+            if not len(rr):
+                continue
             za, zb = (normalised([thumbs[i] for i in ids])[:, :levels] for ids in (rr, cc))
-            ok = verified(za, zb) if len(rr) else np.zeros(0, bool)
+            ok = verified(za, zb)
             rows.append(rr[ok])
             cols.append(cc[ok])
     rows, cols = np.concatenate(rows), np.concatenate(cols)
