@@ -137,6 +137,11 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("images", metavar="IMAGE", nargs="+", help="files, folders or glob patterns")
     _add_options(pr, O.PredictOptions)
 
+    si = sub.add_parser("similar", help="the nearest training images of any image (the model's own features)")
+    si.add_argument("run", metavar="RUN")
+    si.add_argument("images", metavar="IMAGE", nargs="+", help="files, folders or glob patterns")
+    _add_options(si, O.SimilarOptions)
+
     ex = sub.add_parser("export", help="export a run's model with a parity check")
     ex.add_argument("run", metavar="RUN")
     _add_options(ex, O.ExportOptions)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
+import sys
 from pathlib import Path
 
 from .config import overrides_from as _overrides
@@ -108,8 +109,25 @@ def cmd_predict(args: argparse.Namespace, argv: list[str]) -> int:
     from .deploy.predict import expand_inputs, format_predictions, load
 
     predictor = load(args.target, backend=args.backend)
-    results = predictor.predict(expand_inputs(args.images), top_k=args.top_k, tta=args.tta)
+    inputs = expand_inputs(args.images)
+    results = predictor.predict(inputs, top_k=args.top_k, tta=args.tta)
+    if args.explain:
+        from .deploy.predict import write_explanations
+
+        for r, path in zip(results, write_explanations(predictor, inputs, args.explain)):
+            r["explanation"] = path
+        n = sum(r["explanation"] is not None for r in results)
+        print(f"Grad-CAM overlays: {n} PNG file(s) in {args.explain}", file=sys.stderr)
     print(format_predictions(results, args.format, args.top_k))
+    return 1 if any(r.get("error") for r in results) else 0
+
+
+def cmd_similar(args: argparse.Namespace, argv: list[str]) -> int:
+    from .deploy.predict import expand_inputs
+    from .pipeline.similar_run import format_similar, similar
+
+    results = similar(args.run, expand_inputs(args.images), k=args.k)
+    print(format_similar(results, args.format))
     return 1 if any(r.get("error") for r in results) else 0
 
 

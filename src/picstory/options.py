@@ -49,6 +49,13 @@ class PredictOptions:
     format: str = opt("table", "output format", choices=TABLE_FORMATS)
     tta: str = opt("none", "test-time augmentation", choices=TTA_MODES)
     backend: str = opt("torch", "inference engine", choices=BACKENDS)
+    explain: str | None = opt(None, "write a Grad-CAM overlay PNG of each image into this folder (torch backend)")
+
+
+@dataclass(frozen=True)
+class SimilarOptions:
+    k: int = opt(5, "nearest training images per image", min=1)
+    format: str = opt("table", "output format", choices=TABLE_FORMATS)
 
 
 @dataclass(frozen=True)
@@ -122,6 +129,7 @@ PREDICT, EXPORT, SERVE, EVAL = PredictOptions(), ExportOptions(), ServeOptions()
 MONITOR, DOCTOR, DATA_CHECK = MonitorOptions(), DoctorOptions(), DataCheckOptions()
 TUNE = TuneOptions()
 DATA_ISSUES = DataIssuesOptions()
+SIMILAR = SimilarOptions()
 
 
 def values(cls: type, args) -> dict:

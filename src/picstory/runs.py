@@ -38,6 +38,8 @@ class RunDir:
     oof = property(lambda self: self.path / "oof.npz")
     oof_csv = property(lambda self: self.path / "oof.csv")
     issues = property(lambda self: self.path / "issues.csv")
+    # penultimate features of the training split (similar, the report's neighbours), keyed by the weights' sha256
+    embeddings = property(lambda self: self.path / "embeddings.npz")
 
     def eval(self, data: str | None = None) -> Path:
         """eval.json for the run's own test split, eval-DATA.json for other data."""

@@ -65,6 +65,7 @@ class Predictor:
         self.bundle_dir = bundle_dir
         self._mean = tuple(meta["mean"])
         self._std = tuple(meta["std"])
+        self._explainer = None
 
     def __repr__(self) -> str:
         return f"Predictor({self.source!r}, backend={self.backend}, classes={len(self.classes)})"
@@ -79,6 +80,22 @@ class Predictor:
         views = tta_mod.views(x, tta)
         probs = sum(self._run_session(v) for v in views)
         return (probs / len(views)).astype(np.float32)
+
+    def explain_tensors(self, x_uint8: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """Grad-CAM (heat maps N×H×W in [0, 1], explained top-1 class) for uint8 images fitted to the model."""
+        from ..evaluation.explain import Explainer
+
+        if self.model is None:
+            raise UserError(f"explanations need the torch backend, not {self.backend}; leave out --backend")
+        if self._explainer is None:
+            self._explainer = Explainer(self.model, int(self.meta["in_chans"]), int(self.meta["img_size"]),
+                                        self.meta.get("arch", ""))
+        return self._explainer.heatmaps(normalize(x_uint8.to(self.device), self._mean, self._std))
+
+    @property
+    def explainer_layer(self) -> str | None:
+        """The layer Grad-CAM explains (chosen at the first explanation)."""
+        return self._explainer.layer_name if self._explainer is not None else None
 
     def _run_session(self, x: torch.Tensor) -> np.ndarray:
         fixed = not self.meta.get("exports", {}).get(self.backend, {}).get("dynamic_batch", True)
@@ -196,6 +213,36 @@ def _pretrained_bundle(name: str) -> Path:
     except UserError:
         model, meta = pretrained_model(name)
         return save_bundle(directory, model, meta)
+
+
+def write_explanations(predictor: Predictor, inputs: Sequence[Any], out_dir: str | Path) -> list[str | None]:
+    """A Grad-CAM overlay of each input for its top-1 class, ``out_dir/NAME.gradcam.png``; None for an input that
+    could not be decoded (its prediction carries the reason)."""
+    from ..evaluation.explain import overlay_png
+    from ..files import atomic_write
+
+    out = Path(out_dir).expanduser()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"--explain {out_dir}: cannot create the folder ({e.strerror}); choose another") from None
+    written: list[str | None] = []
+    used: set[str] = set()
+    for i, src in enumerate(inputs):
+        try:
+            x = preprocess(src, predictor.meta)
+        except (DecodeError, OSError):
+            written.append(None)
+            continue
+        heat, _ = predictor.explain_tensors(x[None])
+        stem = Path(_input_name(src, i)).stem or f"image-{i}"
+        name, n = f"{stem}.gradcam.png", 2
+        while name in used:
+            name, n = f"{stem}-{n}.gradcam.png", n + 1
+        used.add(name)
+        atomic_write(out / name, overlay_png(x.permute(1, 2, 0).numpy(), heat[0]))
+        written.append(str(out / name))
+    return written
 
 
 def expand_inputs(args: Sequence[str]) -> list[Path]:

@@ -107,6 +107,10 @@ class MicroBatcher:
     async def run_now(self, batch: torch.Tensor) -> np.ndarray:
         return await asyncio.get_running_loop().run_in_executor(self._executor, self.infer, batch)
 
+    async def call(self, fn, *args):
+        """``fn(*args)`` on the inference thread, between batches: the model is never run from two threads."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
     async def _collect(self) -> list:
         items = [await self.queue.get()]
         deadline = time.monotonic() + self.max_wait
@@ -287,6 +291,22 @@ def _log(service: _Service, images: list[_Image], preds: list[list[dict]], laten
                                  p, latency_ms, img.data if keep else None, EXT.get(fmt, fmt.lower())))
 
 
+async def _explanations(service: _Service, images: list[_Image]) -> list[dict]:
+    """Grad-CAM of each image's top-1 class as a PNG overlay (base64), computed on the inference thread."""
+    import base64
+
+    from ..evaluation.explain import METHOD, overlay_png
+
+    batch = torch.stack([img.tensor for img in images])
+    try:
+        heat, cls = await service.batcher.call(service.predictor.explain_tensors, batch)
+    except UserError as e:  # ONNX backend, or an architecture without a convolutional feature map
+        raise ApiError(422, "cannot_explain", str(e)) from None
+    pngs = [overlay_png(img.tensor.permute(1, 2, 0).numpy(), h) for img, h in zip(images, heat)]
+    return [{"method": METHOD, "label": service.predictor.classes[int(c)], "layer": service.predictor.explainer_layer,
+             "png_base64": base64.b64encode(p).decode("ascii")} for p, c in zip(pngs, cls)]
+
+
 _BINARY = {"type": "string", "format": "binary"}
 PREDICT_DOC = {
     "requestBody": {"required": True, "content": {"image/*": {"schema": _BINARY}, "multipart/form-data": {
@@ -301,7 +321,9 @@ PREDICT_DOC = {
 
 def _routes(app: FastAPI, service: _Service, page: str) -> None:
     @app.post("/predict", openapi_extra=PREDICT_DOC, summary="Classify one or several images")
-    async def predict(request: Request, top_k: int = Query(PREDICT.top_k, ge=1, description="labels per image")) -> Any:
+    async def predict(request: Request, top_k: int = Query(PREDICT.top_k, ge=1, description="labels per image"),
+                      explain: bool = Query(False, description="add a Grad-CAM overlay PNG (base64) per image")
+                      ) -> Any:
         """One image (field `file` or a raw image/* body) → `{"input", "predictions": [{"label", "probability"}],
         "model": {"name", "sha256"}, "latency_ms"}`; several (`files`) → `{"results": [...], "model", ...}`."""
         start = time.perf_counter()
@@ -322,6 +344,9 @@ def _routes(app: FastAPI, service: _Service, page: str) -> None:
         preds = [[{"label": classes[i], "probability": round(float(p[i]), 6)} for i in o] for p, o in zip(probs, order)]
         _log(service, images, preds, latency_ms)
         results = [{"input": img.name, "predictions": p} for img, p in zip(images, preds)]
+        if explain:
+            for r, e in zip(results, await _explanations(service, images)):
+                r["explanation"] = e
         body_out = {"results": results} if several else results[0]
         return {**body_out, "model": service.model_ref(), "latency_ms": latency_ms}
 

@@ -97,11 +97,17 @@ def thumb(img: np.ndarray, size: int = 96) -> str:
     return data_uri(buf.getvalue())
 
 
+def confident_mistake_indices(probs: np.ndarray, labels: np.ndarray, n: int = 24) -> np.ndarray:
+    """Indices of the ``n`` wrong predictions with the highest confidence, most confident first."""
+    pred = probs.argmax(1)
+    wrong = np.flatnonzero(pred != labels)
+    return wrong[np.argsort(-probs[wrong, pred[wrong]])][:n]
+
+
 def confident_mistakes(probs: np.ndarray, labels: np.ndarray, images: torch.Tensor, paths: list[str],
                        classes: list[str], n: int = 24) -> list[dict]:
     pred = probs.argmax(1)
-    wrong = np.flatnonzero(pred != labels)
-    order = wrong[np.argsort(-probs[wrong, pred[wrong]])][:n]
+    order = confident_mistake_indices(probs, labels, n)
     return [{"path": paths[i], "true": classes[labels[i]], "pred": classes[pred[i]],
              "confidence": float(probs[i, pred[i]]), "thumb": thumb(images[i].permute(1, 2, 0).numpy())}
             for i in order]

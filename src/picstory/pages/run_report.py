@@ -208,11 +208,33 @@ def _gallery(run: Mapping, key: str) -> str:
     for m in items:
         truth = m.get("true", m.get("label"))
         loss = f" · loss {float(m['loss']):.2f}" if m.get("loss") is not None else ""
-        tiles.append(f'<div class="tile" title="{_e(m.get("path", ""))}">{_thumb(m.get("thumb"))}'
+        image = _thumb(m.get("thumb")) if "neighbours" not in m else _with_heatmap(m)
+        tiles.append(f'<div class="tile" title="{_e(m.get("path", ""))}">{image}'
                      f'<div>{"label" if key == "suspects" else "true"}: <b>{_e(truth)}</b></div>'
                      f'<div class="p">pred: <b>{_e(m.get("pred"))}</b> ({_pct(m.get("confidence"))}{loss})</div>'
-                     f'<div class="path">{_e(m.get("path", ""))}</div></div>')
-    return f'<section><h2>{title}</h2><p>{_e(intro)}</p><div class="gallery">{"".join(tiles)}</div></section>'
+                     f'<div class="path">{_e(m.get("path", ""))}</div>{_neighbours(m)}</div>')
+    wide, note = any("neighbours" in m for m in items), ""
+    if wide:
+        note = (" Beside each image, its Grad-CAM heat map for the predicted class (red: what the model looked at); "
+                "below, its three nearest training images in the model's feature space, with their labels — a "
+                "mislabelled or ambiguous training image shows up there.")
+    return (f'<section><h2>{title}</h2><p>{_e(intro + note)}</p><div class="gallery{" wide" if wide else ""}">'
+            f'{"".join(tiles)}</div></section>')
+
+
+def _with_heatmap(m: Mapping) -> str:
+    heat = _thumb(m["heatmap"]).replace('alt=""', 'alt="Grad-CAM heat map"') if m.get("heatmap") else ""
+    return f'<div class="pair">{_thumb(m.get("thumb"))}{heat}</div>'
+
+
+def _neighbours(m: Mapping) -> str:
+    """The nearest training images of a mistake: thumbnail, label and cosine similarity each."""
+    if not m.get("neighbours"):
+        return ""
+    cells = "".join(f'<figure title="{_e(n.get("path", ""))}">{_thumb(n.get("thumb"))}<figcaption>'
+                    f'<b>{_e(n.get("label"))}</b> · {float(n.get("similarity", 0)):.2f}</figcaption></figure>'
+                    for n in m["neighbours"])
+    return f'<div class="nn"><div class="path">nearest training images</div>{cells}</div>'
 
 
 def _data(run: Mapping) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
 from pathlib import Path
@@ -53,6 +54,7 @@ def evaluate_run(run: str | Path, data: str | None = None, tta: str = EVAL.tta, 
                                                                                  dcfg.get("data", "")), column,
                                            weights)
     if train is not None and len(train.labels):
+        explain_mistakes(result["mistakes"], probs, labels, images, train, model, meta, run_dir, device)
         sel = np.arange(len(train.labels))[:SUSPECT_SCAN_MAX]
         tprobs = predict_images(model, train.images[sel], mean, std, device=device)
         result["suspects"] = suspects(tprobs, train.labels.numpy()[sel], train.images[sel],
@@ -62,6 +64,62 @@ def evaluate_run(run: str | Path, data: str | None = None, tta: str = EVAL.tta, 
     if write_report and data is None:
         finalize_report(run_dir, summary or read_json(RunDir(run_dir).summary))
     return result
+
+
+def training_bank(run_dir: Path, model: torch.nn.Module, meta: dict, train=None, device: str = "cpu",
+                  progress: bool = False) -> dict:
+    """The run's training images in the model's feature space (``features``, ``labels``, ``paths``), from
+    RUN/embeddings.npz while the weights and the split are the ones it was computed for."""
+    from ..evaluation.neighbours import cached, embed
+
+    split_file = RunDir(run_dir).split
+    key = {"weights_sha256": meta.get("sha256"), "img_size": meta["img_size"],
+           "split_sha256": hashlib.sha256(split_file.read_bytes()).hexdigest() if split_file.is_file() else ""}
+
+    def compute() -> dict:
+        part = train if train is not None else _train_split(run_dir, meta, progress)
+        return {"features": embed(model, part.images, meta["mean"], meta["std"], device=device),
+                "labels": [meta["classes"][i] for i in part.labels.tolist()], "paths": list(part.paths)}
+
+    return cached(RunDir(run_dir).embeddings, key, compute, paths=None if train is None else list(train.paths))
+
+
+def _train_split(run_dir: Path, meta: dict, progress: bool):
+    from ..data.sources import resolve
+    from ..data.split import read_manifest
+
+    dcfg = _run_data_config(run_dir)
+    source = resolve(dcfg.get("data") or meta.get("data"), **_label_options(dcfg, None, {}))
+    if not RunDir(run_dir).split.is_file():
+        raise UserError(f"{run_dir}: no split.csv, so no training images to compare with")
+    return _decode(source, read_manifest(RunDir(run_dir).split, source)["train"], meta, progress)[0]
+
+
+def explain_mistakes(mistakes: list[dict], probs: np.ndarray, labels: np.ndarray, images: torch.Tensor, train, model,
+                     meta: dict, run_dir: Path, device: str = "cpu", k: int = 3) -> None:
+    """Each mistake gets its Grad-CAM overlay (``heatmap``, a data URI; left out for a model Grad-CAM cannot
+    explain) and its ``k`` nearest training images (``neighbours``: thumb, label, path, similarity)."""
+    from ..evaluation.explain import ExplainError, explain_images, overlay_png
+    from ..evaluation.metrics import confident_mistake_indices, thumb
+    from ..evaluation.neighbours import embed, nearest
+    from ..files import data_uri
+
+    if not mistakes:
+        return
+    order = confident_mistake_indices(probs, labels, len(mistakes))
+    chosen = images[torch.as_tensor(order, dtype=torch.long)].cpu()
+    try:
+        pred = torch.as_tensor([meta["classes"].index(m["pred"]) for m in mistakes])
+        heat, _ = explain_images(model, chosen, meta["mean"], meta["std"], meta.get("arch", ""), pred, device)
+        for m, img, h in zip(mistakes, chosen, heat):
+            m["heatmap"] = data_uri(overlay_png(img.permute(1, 2, 0).numpy(), h, min_px=96))
+    except ExplainError as e:
+        print(f"note: no heat maps in the report: {e}", file=sys.stderr)
+    bank = training_bank(run_dir, model, meta, train, device)
+    idx, sims = nearest(embed(model, chosen, meta["mean"], meta["std"], device=device), bank["features"], k)
+    for m, row, sim in zip(mistakes, idx, sims):
+        m["neighbours"] = [{"path": bank["paths"][j], "label": bank["labels"][j], "similarity": round(float(s), 4),
+                            "thumb": thumb(train.images[j].cpu().permute(1, 2, 0).numpy())} for j, s in zip(row, sim)]
 
 
 def test_images(run: str | Path, limit: int = 64) -> torch.Tensor:
