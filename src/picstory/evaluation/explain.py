@@ -39,10 +39,10 @@ class ExplainError(UserError):
 def _candidates(model: nn.Module) -> list[tuple[str, nn.Module, int]]:
     """(name, module, channels) of the layers worth explaining, deepest last."""
     info = getattr(model, "feature_info", None)
-    if info is not None and hasattr(info, "get_dicts"):  # timm: the stage outputs the model itself declares
-        named = dict(model.named_modules())
-        return [(d["module"], named[d["module"]], int(d["num_chs"])) for d in info.get_dicts()
-                if d.get("module") in named]
+    info = info.get_dicts() if hasattr(info, "get_dicts") else info
+    if isinstance(info, list) and info and all(isinstance(d, dict) for d in info):
+        named = dict(model.named_modules())  # timm: the stage outputs the model itself declares
+        return [(d["module"], named[d["module"]], int(d["num_chs"])) for d in info if d.get("module") in named]
     return [(n, m, m.out_channels) for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
 
 
