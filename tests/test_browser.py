@@ -71,3 +71,18 @@ def test_upload_shows_labels(browser, tmp_path):
         error = wait.until(ec.visibility_of_element_located((By.ID, "error")))
         assert "not an image" in error.text
         browser.save_screenshot(str(ARTIFACTS / "serve_page_error.png"))
+
+
+def test_upload_shows_the_heat_map_next_to_the_answer(browser, tmp_path):
+    run = make_run(tmp_path / "run")
+    picture = sample_image(tmp_path / "stripes.png")
+    with running_server(run, tmp_path / "log.sqlite", tmp_path / "server.out") as url:
+        browser.get(url + "/")
+        wait = WebDriverWait(browser, 60)
+        wait.until(lambda d: d.find_element(By.ID, "model-name").text == "seed-mnist-cnn")
+        browser.find_element(By.ID, "file").send_keys(str(picture))
+        caption = wait.until(ec.visibility_of_element_located((By.ID, "explain-text")))
+        assert caption.text.startswith("Grad-CAM: where the model looked")
+        wait.until(lambda d: d.execute_script("return document.getElementById('explain-img').naturalWidth") > 0)
+        ARTIFACTS.mkdir(exist_ok=True)
+        browser.save_screenshot(str(ARTIFACTS / "serve_page_explain.png"))

@@ -70,8 +70,9 @@ def test_pointing_game_trained_model_points_at_the_square_shuffled_does_not():
 @pytest.mark.parametrize("name, in_chans, size, layer", [
     ("seed-mnist-cnn", 1, 28, "conv2"),
     ("picnet-s", 3, 32, None),
-    ("resnet18", 3, 64, "layer4"),  # timm: a stage named in feature_info
-    ("efficientnet_b0", 3, 64, "blocks.6"),
+    ("test_resnet", 3, 64, "layer4"),  # timm: the last stage named in feature_info
+    ("test_efficientnet", 3, 64, "blocks.4"),
+    ("test_convnext", 3, 64, "stages.3"),
 ])
 def test_the_deepest_feature_map_is_explained(name, in_chans, size, layer):
     model = create_model(name, 4, in_chans, img_size=size).eval()
@@ -98,7 +99,7 @@ def test_overlay_is_an_enlarged_png():
     from PIL import Image
 
     img = Image.open(BytesIO(overlay_png(np.zeros((28, 28, 1), np.uint8), np.linspace(0, 1, 784).reshape(28, 28))))
-    assert img.format == "PNG" and img.size == (252, 252) and img.mode == "RGB"
+    assert img.format == "PNG" and img.size == (224, 224) and img.mode == "RGB"
 
 
 def test_nearest_and_the_cache(tmp_path):
@@ -123,13 +124,9 @@ def test_nearest_and_the_cache(tmp_path):
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory):
     """A seed CNN trained for 2 epochs on a generated folder (its eval writes the gallery's heat maps)."""
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).parent))
-    from conftest import make_folder
-
     import shutil
+
+    from conftest import make_folder
 
     root = tmp_path_factory.mktemp("explain")
     data = make_folder(root / "data", n_per_class=16, size=28, splits=("train", "test"))
@@ -173,3 +170,36 @@ def test_report_gallery_shows_heat_maps_and_neighbours(trained_run):
         assert m["heatmap"].startswith("data:image/png;base64,") and len(m["neighbours"]) == 3
         assert all(n["path"].startswith("train/") for n in m["neighbours"])
     assert html.count('alt="Grad-CAM heat map"') >= len(mistakes) and "nearest training images" in html
+
+
+def test_serve_explain_returns_an_overlay_and_keeps_the_limits(tmp_path):
+    import base64
+
+    from fastapi.testclient import TestClient
+
+    from imagegen import png_header_only
+    from picstory.deploy.predict import Predictor
+    from picstory.deploy.serve import create_app
+    from test_serve import image, make_run
+
+    run = make_run(tmp_path / "run")
+    with TestClient(create_app(run, log_path=tmp_path / "log.sqlite")) as client:
+        r = client.post("/predict?explain=1", content=image(1), headers={"content-type": "image/png"})
+        assert r.status_code == 200, r.text
+        ex = r.json()["explanation"]
+        assert ex["method"] == "Grad-CAM" and ex["layer"] == "conv2"
+        assert ex["label"] == r.json()["predictions"][0]["label"]
+        assert base64.b64decode(ex["png_base64"])[:4] == b"\x89PNG"
+        assert "explanation" not in client.post("/predict", content=image(1),
+                                                headers={"content-type": "image/png"}).json()
+        big = client.post("/predict?explain=1", content=png_header_only(20000, 20000),
+                          headers={"content-type": "image/png"})
+        assert big.status_code == 413 and big.json()["error"]["code"] == "too_many_pixels"
+    mlp = nn.Sequential(nn.Flatten(), nn.Linear(28 * 28, 3))
+    meta = {"arch": "tiny-mlp", "classes": ["ant", "bee", "cat"], "in_chans": 1, "img_size": 28, "fit": "crop",
+            "mean": [0.5], "std": [0.25]}
+    with TestClient(create_app(Predictor(meta, model=mlp), log_path=tmp_path / "log2.sqlite")) as client:
+        r = client.post("/predict?explain=1", content=image(2), headers={"content-type": "image/png"})
+        assert r.status_code == 422 and r.json()["error"]["code"] == "cannot_explain"
+        assert "tiny-mlp has no convolution layers" in r.json()["error"]["message"]
+        assert client.post("/predict", content=image(2), headers={"content-type": "image/png"}).status_code == 200
