@@ -11,7 +11,7 @@ from torch import nn
 
 from picstory.cli import main
 from picstory.data.batches import normalize
-from picstory.evaluation.explain import ExplainError, Explainer, explain_images, find_layer, overlay_png, pointing_hit
+from picstory.evaluation.explain import Explainer, ExplainError, explain_images, find_layer, overlay_png, pointing_hit
 from picstory.evaluation.neighbours import cached, nearest
 from picstory.models import create_model
 
