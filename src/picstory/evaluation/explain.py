@@ -106,7 +106,7 @@ class Explainer:
                 xb = x[i:i + batch_size]
                 # gradients are the method: out of any inference_mode / no_grad the caller is in
                 with torch.inference_mode(False), torch.enable_grad():
-                    xb = xb.clone().requires_grad_(False)
+                    xb = xb.clone().requires_grad_(True)  # a graph even when the backbone is frozen
                     cls = self.model(xb).argmax(1) if target is None else target[i:i + batch_size].to(xb.device)
                     attr = self._cam.attribute(xb, target=cls, relu_attributions=True)
                     attr = LayerAttribution.interpolate(attr, tuple(xb.shape[-2:]), interpolate_mode="bilinear")

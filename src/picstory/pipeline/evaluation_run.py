@@ -115,8 +115,14 @@ def explain_mistakes(mistakes: list[dict], probs: np.ndarray, labels: np.ndarray
             m["heatmap"] = data_uri(overlay_png(img.permute(1, 2, 0).numpy(), h, min_px=96))
     except ExplainError as e:
         print(f"note: no heat maps in the report: {e}", file=sys.stderr)
-    bank = training_bank(run_dir, model, meta, train, device)
-    idx, sims = nearest(embed(model, chosen, meta["mean"], meta["std"], device=device), bank["features"], k)
+    except Exception as e:  # noqa: BLE001 — derived data: the evaluation and the run stand without it
+        print(f"warning: no heat maps in the report: {type(e).__name__}: {e}", file=sys.stderr)
+    try:
+        bank = training_bank(run_dir, model, meta, train, device)
+        idx, sims = nearest(embed(model, chosen, meta["mean"], meta["std"], device=device), bank["features"], k)
+    except Exception as e:  # noqa: BLE001 — a full disk is named again by the eval.json write that follows
+        print(f"warning: no nearest training images in the report: {type(e).__name__}: {e}", file=sys.stderr)
+        return
     for m, row, sim in zip(mistakes, idx, sims):
         m["neighbours"] = [{"path": bank["paths"][j], "label": bank["labels"][j], "similarity": round(float(s), 4),
                             "thumb": thumb(train.images[j].cpu().permute(1, 2, 0).numpy())} for j, s in zip(row, sim)]
