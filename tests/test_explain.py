@@ -150,9 +150,12 @@ def test_predict_explain_and_similar(trained_run, tmp_path, capsys):
                                                str(tmp_path / "why" / "blob_000-2.gradcam.png")]
     assert all((tmp_path / "why" / n).read_bytes()[:4] == b"\x89PNG" for n in ("blob_000.gradcam.png",))
     assert (run / "embeddings.npz").is_file()  # written by the run's own evaluation
+    written = (run / "embeddings.npz").stat().st_mtime_ns
     assert main(["similar", str(run), str(img), "--k", "3", "--format", "json"]) == 0
+    assert (run / "embeddings.npz").stat().st_mtime_ns == written  # computed once, read since
     nn_ = json.loads(capsys.readouterr().out)[0]["neighbours"]
     assert [n["rank"] for n in nn_] == [1, 2, 3] and nn_[0]["similarity"] >= nn_[-1]["similarity"]
+    assert nn_[0]["path"] == "train/blob/blob_000.png" and nn_[0]["similarity"] > 0.99  # a training image: itself
     assert all(n["label"] in ("horizontal", "vertical", "blob") for n in nn_)
     assert main(["similar", str(run), str(img), "--format", "table"]) == 0
     assert capsys.readouterr().out.splitlines()[0].split() == ["input", "rank", "label", "training", "image",
