@@ -56,7 +56,7 @@ def _parsed(argv):
     (["predict", "run", "x.jpg"], O.PredictOptions), (["serve", "run"], O.ServeOptions),
     (["export", "run"], O.ExportOptions), (["eval", "run"], O.EvalOptions), (["monitor", "run"], O.MonitorOptions),
     (["doctor", "run"], O.DoctorOptions), (["data", "check", "d"], O.DataCheckOptions),
-    (["sweep", "d"], O.SweepOptions), (["runs"], O.RunsOptions),
+    (["sweep", "d"], O.SweepOptions), (["runs"], O.RunsOptions), (["similar", "run", "x.jpg"], O.SimilarOptions),
 ])
 def test_cli_defaults_are_the_options_defaults(argv, cls):
     args = _parsed(argv)
