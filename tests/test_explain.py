@@ -39,11 +39,12 @@ def hit_rate(model: nn.Module, x: torch.Tensor, boxes) -> float:
     return float(np.mean([pointing_hit(h, b) for h, b in zip(heat, boxes)]))
 
 
-def test_pointing_game_trained_model_points_at_the_square_shuffled_does_not():
+@pytest.mark.parametrize("name", ["seed-cifar-cnn", "picnet-s"])
+def test_pointing_game_trained_model_points_at_the_square_shuffled_does_not(name):
     torch.manual_seed(0)
     x_train, y_train, _ = squares(800, seed=1)
     x_test, y_test, boxes = squares(100, seed=2)
-    model = create_model("seed-cifar-cnn", 3, 3, img_size=SIZE)
+    model = create_model(name, 3, 3, img_size=SIZE)
     opt = torch.optim.Adam(model.parameters(), 3e-3)
     xn = normalize(x_train, MEAN, STD)
     for _ in range(4):
@@ -70,9 +71,10 @@ def test_pointing_game_trained_model_points_at_the_square_shuffled_does_not():
 @pytest.mark.parametrize("name, in_chans, size, layer", [
     ("seed-mnist-cnn", 1, 28, "conv2"),
     ("picnet-s", 3, 32, None),
-    ("test_resnet", 3, 64, "layer4"),  # timm: the last stage named in feature_info
-    ("test_efficientnet", 3, 64, "blocks.4"),
-    ("test_convnext", 3, 64, "stages.3"),
+    ("test_resnet", 3, 224, "layer4"),  # timm: the last stage named in feature_info
+    ("test_efficientnet", 3, 224, "blocks.4"),
+    ("test_convnext", 3, 224, "stages.3"),
+    ("test_resnet", 3, 64, "layer2"),  # layer4 is 2×2 at 64 px: the deepest map at least 7 wide instead
 ])
 def test_the_deepest_feature_map_is_explained(name, in_chans, size, layer):
     model = create_model(name, 4, in_chans, img_size=size).eval()

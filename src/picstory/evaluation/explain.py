@@ -30,6 +30,8 @@ from ..models.wrappers import unwrap
 METHOD = "Grad-CAM"
 OVERLAY_MIN_PX = 224  # small inputs (28 px digits) are enlarged so the overlay can be read
 OVERLAY_ALPHA = 0.5
+# A 3×3 map cannot point at a 6 px detail: explain the deepest map at least this wide when there is one.
+MIN_MAP_SIDE = 7
 
 
 class ExplainError(UserError):
@@ -47,7 +49,8 @@ def _candidates(model: nn.Module) -> list[tuple[str, nn.Module, int]]:
 
 
 def find_layer(model: nn.Module, in_chans: int, img_size: int, arch: str = "") -> tuple[str, nn.Module]:
-    """The deepest layer whose output is an N×C×H×W feature map with H·W > 1, found by one probe forward."""
+    """The deepest layer whose output is an N×C×H×W map at least MIN_MAP_SIDE wide (else the deepest with H·W > 1),
+    found by one probe forward."""
     model = unwrap(model)
     arch = arch or type(model).__name__
     if not any(isinstance(m, nn.Conv2d) for m in model.modules()):
@@ -72,12 +75,12 @@ def find_layer(model: nn.Module, in_chans: int, img_size: int, arch: str = "") -
         model.train(was_training)
         for h in hooks:
             h.remove()
-    order = list(shapes)  # forward order, the deepest map last
-    for name in reversed(order):
-        chans = next(c for n, _, c in candidates if n == name)
-        shape = shapes[name]
-        if len(shape) == 4 and shape[1] == chans and shape[2] * shape[3] > 1:
-            return name, model.get_submodule(name)
+    maps = [name for name in shapes  # forward order, the deepest map last
+            if len(shapes[name]) == 4 and shapes[name][1] == next(c for n, _, c in candidates if n == name)
+            and shapes[name][2] * shapes[name][3] > 1]
+    fine = [name for name in maps if min(shapes[name][2:]) >= MIN_MAP_SIDE]
+    if maps:
+        return (fine or maps)[-1], model.get_submodule((fine or maps)[-1])
     raise ExplainError(f"model {arch} has no convolutional feature map before its head (a transformer or "
                        f"token-mixing model at {img_size} px); Grad-CAM explains convolutional networks only")
 
