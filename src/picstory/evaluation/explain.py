@@ -10,8 +10,8 @@ The attribution itself comes from captum (``LayerGradCam``), PyTorch's own inter
 on top of torch, maintained with it, and with Integrated Gradients, Occlusion and friends behind the same call
 should a slower, finer method be wanted. (``grad-cam`` pulls in OpenCV for what PIL and matplotlib do here;
 ``torchcam`` does Grad-CAM alone.) Only the choice of layer is picstory's: a timm model names its stages in
-``feature_info``; any other model offers its convolutions. The last one whose output is still a feature map
-(channels × height × width, larger than 1×1) is explained; a model with none — an MLP, a vision transformer whose
+``feature_info``; any other model offers its convolutions. The deepest feature map at least 7 wide (else the
+deepest larger than 1×1) is explained; a model with none — an MLP, a vision transformer whose
 only convolution cuts the image into tokens — is refused with its name.
 """
 
