@@ -376,7 +376,7 @@ def _build_learner(cfg: C.Config, td: TrainData, device, autocast, dist: Dist, r
                       lr=lr, schedule=schedule, epochs=t.epochs, num_classes=len(td.classes),
                       loss_weight=td.loss_weight, label_smoothing=t.label_smoothing, grad_clip=t.grad_clip,
                       autocast_dtype=autocast, device=device, callbacks=callbacks, eval_model=eval_model,
-                      is_main=dist.is_main)
+                      is_main=dist.is_main, multilabel=td.multilabel, pos_weight=td.pos_weight)
     callbacks.append(cbs.LastCheckpoint(RunDir(run_dir).last_checkpoint, lambda: {
         "classes": td.classes, "config": C.dump_yaml(cfg), "train_seconds": learner.train_seconds(),
         "world_size": dist.world_size}))
@@ -438,9 +438,15 @@ def _finish(run_dir: Path, cfg: C.Config, td: TrainData, learner: Learner, train
     if best_cb.best_epoch:
         row = learner.history[best_cb.best_epoch - 1]
         summary["val_accuracy"] = row["val_acc"]
+        if td.multilabel:
+            from .evaluation_run import tune_thresholds
+
+            summary.update(task="multilabel", thresholds=tune_thresholds(run_dir, td, device=str(device)))
         result = evaluate_run(run_dir, td=td, tta=cfg.eval.tta, write_report=False, summary=summary,
                               device=str(device))
         summary["test_accuracy"] = result.get("accuracy")
+        for key in ("micro_f1", "macro_f1", "mAP") if td.multilabel else ():
+            summary[f"test_{key}"] = result.get(key)
     else:
         summary["test_accuracy"] = None
     atomic_write(RunDir(run_dir).summary, json.dumps(summary, indent=1))
