@@ -8,8 +8,13 @@ reaches its threshold.
 from __future__ import annotations
 
 import numpy as np
-from sklearn.metrics import accuracy_score, average_precision_score, f1_score, precision_recall_curve
-from sklearn.metrics import precision_recall_fscore_support
+from sklearn.metrics import (
+    accuracy_score,
+    average_precision_score,
+    f1_score,
+    precision_recall_curve,
+    precision_recall_fscore_support,
+)
 
 from .metrics import thumb
 
