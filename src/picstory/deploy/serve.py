@@ -322,6 +322,8 @@ def _routes(app: FastAPI, service: _Service, page: str) -> None:
         preds = [[{"label": classes[i], "probability": round(float(p[i]), 6)} for i in o] for p, o in zip(probs, order)]
         _log(service, images, preds, latency_ms)
         results = [{"input": img.name, "predictions": p} for img, p in zip(images, preds)]
+        if getattr(service.predictor, "multilabel", False):  # the labels at their thresholds, every probability
+            service.predictor.add_label_sets(results, np.stack(probs))
         body_out = {"results": results} if several else results[0]
         return {**body_out, "model": service.model_ref(), "latency_ms": latency_ms}
 
