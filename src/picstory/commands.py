@@ -34,8 +34,15 @@ def cmd_data(args: argparse.Namespace, argv: list[str]) -> int:
     out = Path(args.out or Path("data-check") / slug(args.data))
     opts = values(DataCheckOptions, args)
     report = check(args.data, out, **{k: v for k, v in opts.items() if k != "out"})
-    print(f"{report['total']} images, {len(report['classes'])} classes, {len(report['bad_files'])} bad files, "
+    kind = "labels" if report.get("multilabel") else "classes"
+    print(f"{report['total']} images, {len(report['classes'])} {kind}, {len(report['bad_files'])} bad files, "
           f"{len(report['duplicates'])} duplicate groups, {len(report['leaks'])} cross-split leaks")
+    if report.get("multilabel"):
+        m = report["multilabel"]
+        pairs = ", ".join(f"{'+'.join(p['labels'])} {p['images']}" for p in m["co_occurrence"][:5])
+        print(f"multi-label: {m['mean_labels']} labels per image on average, {m['no_label']} with none; "
+              f"labels: {', '.join(f'{c} {n}' for c, n in report['classes'].items())}"
+              + (f"; most often together: {pairs}" if pairs else ""))
     for note in report.get("notes", []):
         print(f"  · {note}")
     for w in report.get("warnings", []):
