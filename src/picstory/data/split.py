@@ -211,9 +211,10 @@ def balance(source: Source, splits: dict[str, list[int]]) -> dict:
     """How far each split's class shares moved from the whole data's: the split report of a group-aware split."""
     labels = source.classes
     everything = [i for idx in splits.values() for i in idx]
+    multilabel = getattr(source, "multilabel", False)
 
     def of(ids: list[int]) -> list[str]:  # a multi-label image counts once for each of its labels
-        return [t for i in ids for t in (source.records[i].tags if source.multilabel else (source.records[i].label,))]
+        return [t for i in ids for t in (source.records[i].tags if multilabel else (source.records[i].label,))]
 
     whole = _shares(of(everything), labels)
     out = {"n": {s: len(idx) for s, idx in splits.items()}, "max_shift_points": 0.0, "worst": None, "per_split": {}}
@@ -274,7 +275,7 @@ def split_source(source: Source, val_fraction: float, test_fraction: float, seed
     for i, s in enumerate(splits):
         out[s].append(i)
     def labels(i: int) -> tuple[str, ...]:
-        return source.records[i].tags if source.multilabel else (source.records[i].label,)
+        return source.records[i].tags if getattr(source, "multilabel", False) else (source.records[i].label,)
 
     train_classes = {t for i in out["train"] for t in labels(i)}
     for name in ("val", "test"):
