@@ -217,6 +217,7 @@ def test_onnx_export_keeps_parity_and_predicts_the_same_sets(trained):
     run, root = trained
     record = export(run.path, "onnx", verbose=False)
     assert record["parity"]["passed"] and record["parity"]["max_abs_diff"] <= 1e-4
+    assert record["parity"]["label_set_agreement"] == 1.0
     assert "sigmoid" in record["output"]["values"]
     images = [root / "data" / f"{i:03d}.png" for i in range(8)]
     torch_sets = [r["labels"] for r in picstory.load(run.path).predict(images)]
@@ -240,3 +241,17 @@ def test_pos_weight_and_mixup_train(tmp_path):
     assert run.summary["task"] == "multilabel" and run.summary["epochs_run"] == 1
     config = (run.path / "config.yaml").read_text()
     assert "pos_weight: balanced" in config and "label_cols: tl,br" in config
+
+
+def test_data_check_reports_label_counts_and_co_occurrence(tmp_path, capsys):
+    path = one_hot_csv(tmp_path / "data", 24)
+    rc = cli.main(["data", "check", str(path), "--label-cols", "tl,br", "--out", str(tmp_path / "check")])
+    out = capsys.readouterr().out
+    report = json.loads((tmp_path / "check" / "report.json").read_text())
+    rows = [line.split(",") for line in path.read_text().splitlines()[1:]]
+    assert rc == 0 and report["classes"] == {"br": sum(r[2] == "1" for r in rows), "tl": sum(r[1] == "1" for r in rows)}
+    m = report["multilabel"]
+    assert m["no_label"] == sum(r[1:] == ["0", "0"] for r in rows)
+    assert m["co_occurrence"] == [{"labels": ["br", "tl"], "images": sum(r[1:] == ["1", "1"] for r in rows)}]
+    assert "multi-label:" in out and "2 labels" in out
+    assert "Multi-label" in (tmp_path / "check" / "report.html").read_text()

@@ -395,7 +395,9 @@ def _unusable(report: dict, max_bad_fraction: float) -> list[str]:
     present = [c for c, n in report["classes"].items() if n]
     if report["total"] == 0:
         reasons.append("no readable images")
-    elif len(present) < 2:
+    elif report.get("multilabel") and not present:
+        reasons.append("no image carries any label; a multi-label classifier needs positives to learn from")
+    elif len(present) < 2 and not report.get("multilabel"):  # one multi-label label is a yes/no detector
         reasons.append(f"only one class ('{present[0]}'); a classifier needs at least 2 classes")
     nbad, nfiles = len(report["bad_files"]), max(1, report["files"])
     if nbad and nbad / nfiles > max_bad_fraction:

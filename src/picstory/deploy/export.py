@@ -213,7 +213,15 @@ def check_parity(model: nn.Module, meta: dict, path: Path, fmt: str, images: tor
         got = _run_exported(path, fmt, x)
     else:
         got = np.concatenate([_run_exported(path, fmt, x[i:i + 1]) for i in range(len(x))])
-    return compare(ref, got)
+    out = compare(ref, got)
+    if is_multilabel(meta):  # the label sets at the tuned thresholds must agree too, but for scores at a threshold
+        from ..models.bundle import thresholds
+
+        thr = np.asarray(thresholds(meta))[None, :]
+        same = ((ref >= thr) == (got >= thr)) | (np.abs(ref - thr) <= out["atol"])
+        out["label_set_agreement"] = float(same.all(1).mean()) if len(ref) else 1.0
+        out["passed"] = out["passed"] and out["label_set_agreement"] == 1.0
+    return out
 
 
 def compare(ref: np.ndarray, got: np.ndarray, atol: float | None = None) -> dict:
