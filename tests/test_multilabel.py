@@ -232,6 +232,7 @@ def test_options_for_one_label_per_image_are_refused(tmp_path):
                          ({"folds": 2}, "cross-validation of multi-label data")):
         with pytest.raises(ConfigError, match=match):
             picstory.train(str(path), label_cols="tl,br", epochs=1, out=str(tmp_path / "runs"), **{**FAST, **extra})
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())  # refused before a run
 
 
 def test_pos_weight_and_mixup_train(tmp_path):

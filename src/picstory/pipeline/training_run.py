@@ -39,7 +39,7 @@ from ..training.distributed import (
 from ..training.engine import Learner
 from ..training.optim import build_optimizer, make_schedule, param_groups
 from ..training.presets import fit_batch_size, photo_size, preset_values
-from ..training.setup import TrainData, load_train_data
+from ..training.setup import TrainData, check_multilabel_config, load_train_data
 
 
 @dataclass
@@ -112,6 +112,8 @@ def train(data: str | None = None, *, config: str | Path | C.Config | None = Non
     user = user_config(data, config, overrides)
     source = sources.resolve(user["data"], **C.label_file_options(user))
     cfg = resolve_config(user, source)
+    if source.multilabel:  # before a run directory exists: a refused option leaves nothing behind
+        check_multilabel_config(cfg)
     for flag, column in (("--stratify-col", cfg.data.stratify_col), ("--report-by", cfg.data.report_by)):
         if column:  # before any training: a misspelt column must not cost a run
             check_column(source, flag, column)
