@@ -192,6 +192,8 @@ def test_training_reaches_a_good_micro_f1_and_saves_thresholds(trained):
     html = (run.path / "report.html").read_text()
     assert "Per-label metrics" in html and "Confusion matrix" not in html
     assert "threshold" in (run.path / "per_class.csv").read_text().splitlines()[0]
+    card = (run.path / "model" / "MODEL_CARD.md").read_text()
+    assert "Multi-label: test micro-F1" in card and "| label | precision | recall | F1 | AP |" in card
 
 
 def test_predict_and_serve_return_the_label_set(trained):
