@@ -159,6 +159,20 @@ def test_thresholds_and_metrics_against_sklearn():
     assert m["exact_match"] == pytest.approx(float((pred == (y > 0.5)).all(1).mean()))
 
 
+def test_false_positives_and_negatives_and_label_sets():
+    from picstory.evaluation.multilabel import confident_errors, label_sets
+
+    probs = np.array([[0.9, 0.2], [0.6, 0.7], [0.1, 0.45]], dtype=np.float32)
+    y = np.array([[0, 0], [1, 1], [0, 1]], dtype=np.float32)
+    images = torch.zeros(3, 1, 4, 4, dtype=torch.uint8)
+    out = confident_errors(probs, y, images, ["a", "b", "c"], ["x", "y"], [0.5, 0.5])
+    assert [(m["path"], m["label"], m["prob"]) for m in out["false_positives"]] == [("a", "x", pytest.approx(0.9))]
+    assert [(m["path"], m["label"]) for m in out["false_negatives"]] == [("c", "y")]
+    assert out["false_negatives"][0]["true"] == ["y"] and out["false_negatives"][0]["pred"] == []
+    sets = label_sets(probs, ["x", "y"], [0.5, 0.4])
+    assert [[x["label"] for x in s] for s in sets] == [["x"], ["y", "x"], ["y"]]
+
+
 def test_mixup_keeps_multi_hot_targets_in_range():
     x = torch.randint(0, 255, (16, 1, 8, 8), dtype=torch.uint8)
     y = (torch.rand(16, 3) < 0.5).float()
@@ -243,7 +257,7 @@ def test_pos_weight_and_mixup_train(tmp_path):
                          out=str(tmp_path / "runs"), **{**FAST, "label_smoothing": 0.1})
     assert run.summary["task"] == "multilabel" and run.summary["epochs_run"] == 1
     config = (run.path / "config.yaml").read_text()
-    assert "pos_weight: balanced" in config and "label_cols: tl,br" in config
+    assert "pos_weight: balanced" in config and "label_cols: tl,br" in config and "multi_label: true" in config
 
 
 def test_data_check_reports_label_counts_and_co_occurrence(tmp_path, capsys):

@@ -38,7 +38,7 @@ def resolve(spec: str, path_col: str = "", label_col: str = "", allow_outside: b
                                 ("--weight-col", weight_col), ("--label-cols", label_cols)):
                 if value:
                     raise DataError(f"{flag} {value}: {spec} is a JSON label file without columns; drop {flag}")
-            return _from_json(path, allow_outside, label_map)
+            return _from_json(path, allow_outside, label_map, multi_label)
         if path.suffix.lower() in lf.LABEL_FILE_EXTS:
             return _from_label_file(path, path_col, label_col, allow_outside, label_map, group_col, weight_col,
                                     label_cols, multi_label)
@@ -262,9 +262,9 @@ def _inside(path: Path, rel: str, base: Path, allow_outside: bool, where: str, l
     return file
 
 
-def _from_json(path: Path, allow_outside: bool, label_map: str) -> Source:
+def _from_json(path: Path, allow_outside: bool, label_map: str, multi_label: bool = False) -> Source:
     """``{"path": [labels]}``: a list makes the data set multi-label (an empty list: an image with no label)."""
-    records, problems, raw, multilabel = [], [], [], False
+    records, problems, raw, multilabel = [], [], [], multi_label
     base = path.parent.resolve()
     for n, (rel, value) in enumerate(lf.read_json_labels(path), start=1):
         where = f"{path}: entry {n} ({rel})"

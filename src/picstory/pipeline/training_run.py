@@ -75,6 +75,8 @@ def resolve_config(user: dict, source: sources.Source) -> C.Config:
     if model == "auto":
         model = values["model"]
     extra = {"model": model}
+    if source.multilabel:  # config.yaml says so whatever made the data multi-label (cells, --label-cols, JSON)
+        extra["multi_label"] = True
     if resolved.data.label_map:  # a YAML map file is written out in full, so config.yaml alone replays the run
         extra["label_map"] = format_label_map(parse_label_map(resolved.data.label_map))
     if resolved.model.freeze_epochs < 0:
