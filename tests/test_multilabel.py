@@ -272,3 +272,21 @@ def test_data_check_reports_label_counts_and_co_occurrence(tmp_path, capsys):
     assert m["co_occurrence"] == [{"labels": ["br", "tl"], "images": sum(r[1:] == ["1", "1"] for r in rows)}]
     assert "multi-label:" in out and "2 labels" in out
     assert "Multi-label" in (tmp_path / "check" / "report.html").read_text()
+
+
+def test_eval_on_a_json_file_and_on_class_folders(trained, tmp_path):
+    from picstory.pipeline.evaluation_run import evaluate_run
+
+    run, root = trained
+    rows = [line.split(",") for line in (root / "data" / "labels.csv").read_text().splitlines()[1:41]]
+    js = root / "data" / "some.json"
+    js.write_text(json.dumps({p: [t for t, v in (("tl", a), ("br", b)) if v == "1"] for p, a, b in rows}))
+    ev = evaluate_run(run.path, str(js), progress=False)
+    assert ev["task"] == "multilabel" and ev["n"] == 40 and ev["micro_f1"] >= 0.85
+    for p, a, b in rows:  # one label per image: a class folder
+        if (a, b) in (("1", "0"), ("0", "1")):
+            d = tmp_path / "folders" / ("tl" if a == "1" else "br")
+            d.mkdir(parents=True, exist_ok=True)
+            (d / p).write_bytes((root / "data" / p).read_bytes())
+    ev = evaluate_run(run.path, str(tmp_path / "folders"), progress=False)
+    assert ev["n"] == sum((a, b) in (("1", "0"), ("0", "1")) for _, a, b in rows) and ev["micro_f1"] >= 0.85

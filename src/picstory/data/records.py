@@ -78,11 +78,12 @@ class Source:
         return counts
 
     def targets(self, records: list[Record], classes: list[str]) -> np.ndarray:
-        """Multi-label: the multi-hot float32 (N, K) rows of ``records`` over ``classes`` (unknown labels dropped)."""
+        """The multi-hot float32 (N, K) rows of ``records`` over ``classes`` (unknown labels dropped); a single-label
+        source's record has its one label (a multi-label model scored on a class folder)."""
         index = {c: i for i, c in enumerate(classes)}
         out = np.zeros((len(records), len(classes)), dtype=np.float32)
         for row, r in enumerate(records):
-            for t in r.tags:
+            for t in r.tags if self.multilabel else (r.label,):
                 if t in index:
                     out[row, index[t]] = 1.0
         return out

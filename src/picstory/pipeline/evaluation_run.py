@@ -150,7 +150,7 @@ def _load_eval_data(run_dir: Path, meta: dict, data: str | None, progress: bool,
     dcfg = _run_data_config(run_dir)
     spec = data or dcfg.get("data") or meta.get("data")
     opts = _label_options(dcfg, data, options or {})
-    if meta.get("task") == "multilabel" and Path(spec).suffix.lower() != ".json":
+    if meta.get("task") == "multilabel" and Path(spec).suffix.lower() in (".csv", ".tsv", ".txt"):
         opts["multi_label"] = True  # another file of single labels is still scored label by label
     source = resolve(spec, **opts)
     classes = meta["classes"]
