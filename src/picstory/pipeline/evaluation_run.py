@@ -46,6 +46,9 @@ def evaluate_run(run: str | Path, data: str | None = None, tta: str = EVAL.tta, 
     weights = test.weights.numpy() if test.weights is not None else None
     probs = predict_images(model, images, mean, std, tta=tta, device=device, multilabel=multilabel)
     if multilabel:
+        if report_by:  # asked for explicitly: say why it is absent rather than drop it silently
+            print(f"note: --report-by {report_by}: per-group metrics are single-label; skipped for this multi-label "
+                  "model", file=sys.stderr)
         return _write_eval(run_dir, data, _multilabel_result(probs, test, meta, name, data, tta, weights),
                            write_report, summary)
     result = {"split": name, "data": data or meta.get("data", ""), "tta": tta,
