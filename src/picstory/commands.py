@@ -35,8 +35,15 @@ def cmd_data(args: argparse.Namespace, argv: list[str]) -> int:
     out = Path(args.out or Path("data-check") / slug(args.data))
     opts = values(DataCheckOptions, args)
     report = check(args.data, out, **{k: v for k, v in opts.items() if k != "out"})
-    print(f"{report['total']} images, {len(report['classes'])} classes, {len(report['bad_files'])} bad files, "
+    kind = "labels" if report.get("multilabel") else "classes"
+    print(f"{report['total']} images, {len(report['classes'])} {kind}, {len(report['bad_files'])} bad files, "
           f"{len(report['duplicates'])} duplicate groups, {len(report['leaks'])} cross-split leaks")
+    if report.get("multilabel"):
+        m = report["multilabel"]
+        pairs = ", ".join(f"{'+'.join(p['labels'])} {p['images']}" for p in m["co_occurrence"][:5])
+        print(f"multi-label: {m['mean_labels']} labels per image on average, {m['no_label']} with none; "
+              f"labels: {', '.join(f'{c} {n}' for c, n in report['classes'].items())}"
+              + (f"; most often together: {pairs}" if pairs else ""))
     for note in report.get("notes", []):
         print(f"  · {note}")
     for w in report.get("warnings", []):
@@ -75,6 +82,11 @@ def cmd_train(args: argparse.Namespace, argv: list[str]) -> int:
         print(f"\n{run.path}: {s['folds']} folds, val acc {s['val_accuracy']:.4f} ± {s['val_accuracy_std']:.4f}"
               f"{test}, out-of-fold acc {s['oof_accuracy']:.4f}, {s['train_seconds']:.0f}s")
         print(f"report: {run.path / 'cv.html'}\nlabel issues: picstory data issues {run.path}")
+    elif s and s.get("task") == "multilabel" and s.get("test_micro_f1") is not None:
+        print(f"\n{run.path}: best epoch {s['best_epoch']}/{s['epochs_run']}, val exact match "
+              f"{s['val_accuracy']:.4f}, test micro-F1 {s['test_micro_f1']:.4f}, mAP {s.get('test_mAP') or 0:.4f}, "
+              f"exact match {s['test_accuracy']:.4f}, {s['train_seconds']:.0f}s ({s['stop_reason']})")
+        print(f"report: {run.path / 'report.html'}")
     elif s:
         test = s.get("test_accuracy")
         print(f"\n{run.path}: best epoch {s['best_epoch']}/{s['epochs_run']}, val acc {s['val_accuracy']:.4f}, "
@@ -90,6 +102,14 @@ def cmd_eval(args: argparse.Namespace, argv: list[str]) -> int:
     r = evaluate_run(args.run, data=args.data, **values(EvalOptions, args))
     if not r:
         raise UserError(f"{args.run}: the run has no test split to evaluate; pass DATA")
+    if r.get("task") == "multilabel":
+        mean_ap = "–" if r["mAP"] is None else f"{r['mAP']:.4f}"
+        print(f"{r['split']} micro-F1 {r['micro_f1']:.4f}  macro-F1 {r['macro_f1']:.4f}  mAP {mean_ap}  exact match "
+              f"{r['exact_match']:.4f}  loss {r['loss']:.4f}  ({r['n']} images, tta {r['tta']})")
+        worst = sorted(r["per_label"], key=lambda c: c["f1"])[:3]
+        print("weakest labels: " + ", ".join(f"{c['label']} (F1 {c['f1']:.2f}, threshold {c['threshold']:.2f})"
+                                             for c in worst))
+        return 0
     weighted = f"  weighted {r['weighted_accuracy']:.4f}" if "weighted_accuracy" in r else ""
     top = next((k for k in r if k.startswith("top") and k.endswith("_accuracy")), "top5_accuracy")
     print(f"{r['split']} accuracy {r['accuracy']:.4f}{weighted}  {top[:-9].replace('top', 'top-')} "

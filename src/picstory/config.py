@@ -52,6 +52,8 @@ class DataConfig:
     label_col: str = opt("", "label-file column with labels: a name or 0-based index (auto-detected when empty)")
     allow_outside: bool = opt(False, "use label-file rows whose path leaves the label file's folder (../, absolute)")
     label_map: str = opt("", "rename or merge label values: VALUE=CLASS,… (e.g. 0=ok,1=defect) or a YAML file")
+    label_cols: str = opt("", "multi-label: one-hot 0/1 label-file columns, comma-separated (e.g. dog,cat,outdoor)")
+    multi_label: bool = opt(False, "multi-label even when no cell holds several labels (dog|outdoor, dog;outdoor)")
     group_col: str = opt("", "label-file column whose groups never straddle train/val/test (e.g. patient, camera)")
     stratify_col: str = opt("", "label-file column added to the class in stratified splits (e.g. production line)")
     weight_col: str = opt("", "label-file column of sample weights ≥ 0: scales the loss and the metrics' support")
@@ -103,6 +105,8 @@ class TrainConfig:
     warmup_epochs: float = opt(1.0, "linear warmup in epochs (cosine, linear)", min=0.0)
     label_smoothing: float = opt(0.1, "label smoothing", min=0.0, max=0.5)
     class_weights: str = opt("none", "loss weights: none or auto (inverse class frequency)", choices=("none", "auto"))
+    pos_weight: str = opt("none", "multi-label: positive weight per label, none or balanced (negatives / positives)",
+                          choices=("none", "balanced"))
     balanced_sampling: bool = opt(False, "draw batches with equal class probability")
     ema: float = opt(0.0, "EMA decay of weights per step (0 = off, e.g. 0.999)", min=0.0, max=1.0)
     grad_clip: float = opt(0.0, "clip gradient norm (0 = off)", min=0.0)
@@ -303,7 +307,8 @@ __all__ = ["Config", "DataConfig", "ModelConfig", "AugmentConfig", "TrainConfig"
 
 
 # DataConfig keys that shape how a label file becomes records: sources.resolve(spec, **label_file_options(...))
-LABEL_FILE_KEYS = ("path_col", "label_col", "allow_outside", "label_map", "group_col", "weight_col")
+LABEL_FILE_KEYS = ("path_col", "label_col", "allow_outside", "label_map", "group_col", "weight_col", "label_cols",
+                   "multi_label")
 
 
 def label_file_options(values: Any) -> dict:
@@ -315,8 +320,11 @@ def label_file_options(values: Any) -> dict:
     elif not isinstance(values, dict):
         values = {k: getattr(values, k, None) for k in LABEL_FILE_KEYS}
     out = {k: values.get(k) for k in LABEL_FILE_KEYS if values.get(k) not in (None, "")}
-    if "allow_outside" in out:
-        out["allow_outside"] = bool(out["allow_outside"])
+    for key in ("allow_outside", "multi_label"):
+        if key in out:
+            out[key] = bool(out[key])
+    if out.get("multi_label") is False:
+        del out["multi_label"]
     return out
 
 

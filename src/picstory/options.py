@@ -23,6 +23,8 @@ class DataCheckOptions:
     group_col: str = opt("", "column whose groups never straddle train/val/test: reports the group-aware split")
     stratify_col: str = opt("", "column added to the class in the stratified split")
     weight_col: str = opt("", "column of sample weights ≥ 0")
+    label_cols: str = opt("", "multi-label: one-hot 0/1 columns, comma-separated")
+    multi_label: bool = opt(False, "read the labels as multi-label even when no cell holds several")
     max_bad_fraction: float = opt(0.05, "unusable above this share of bad files", min=0.0, max=1.0)
 
 

@@ -9,6 +9,7 @@ written inside the data set. ``picstory data check`` (pipeline/data_check_run.py
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
 from collections import Counter, defaultdict
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
@@ -85,17 +86,18 @@ def audit(spec: str, out: str | Path | None = None, path_col: str = "", label_co
           max_bad_fraction: float = DATA_CHECK.max_bad_fraction, workers: int = 0,
           progress: bool = True, allow_outside: bool = False, *, label_map: str = DATA_CHECK.label_map,
           group_col: str = DATA_CHECK.group_col, weight_col: str = DATA_CHECK.weight_col,
-          stratify_col: str = DATA_CHECK.stratify_col) -> tuple[Audit, dict]:
+          stratify_col: str = DATA_CHECK.stratify_col, label_cols: str = DATA_CHECK.label_cols,
+          multi_label: bool = DATA_CHECK.multi_label) -> tuple[Audit, dict]:
     """Look at every image of ``spec``: the findings (for the page) and the report (report.json). ``out``, where
     the report will go, is refused when it lies inside the data. With a group or strata column the report also
     holds the split training would make (default fractions, seed 0) and how far it moved the class balance."""
     extra: list[str] = []
     try:
         source = resolve(spec, path_col, label_col, allow_outside, label_map=label_map, group_col=group_col,
-                         weight_col=weight_col)
+                         weight_col=weight_col, label_cols=label_cols, multi_label=multi_label)
     except DataError as e:
         # a wrong path or label-file option is a mistake, not a finding
-        if not Path(spec).expanduser().is_dir() or group_col or weight_col or label_map:
+        if not Path(spec).expanduser().is_dir() or group_col or weight_col or label_map or label_cols or multi_label:
             raise
         source, extra = Source(spec=str(spec), kind="folder", records=[], root=Path(spec).resolve()), [str(e)]
     if out is not None:
@@ -329,7 +331,8 @@ def build_report(audit: Audit, max_bad_fraction: float = 0.05) -> dict:
     bad = [{"path": _shown(src, p), "reason": why} for p, why in src.problems]
     bad += [{"path": name[i], "reason": s} for i, s in enumerate(seen) if isinstance(s, str)]
     classes = dict.fromkeys(src.classes, 0)
-    classes.update(Counter(src.records[i].label for i in good))
+    classes.update(Counter(t for i in good for t in (src.records[i].tags if src.multilabel else
+                                                     (src.records[i].label,))))
     counts = [n for n in classes.values() if n]
     report = {
         "data": src.spec, "kind": src.kind, "classes": classes, "total": len(good),
@@ -349,16 +352,29 @@ def build_report(audit: Audit, max_bad_fraction: float = 0.05) -> dict:
         "exif_rotated": sum(seen[i].exif_rotated for i in good),
         "animated": sum(seen[i].frames > 1 for i in good),
     }
+    if src.multilabel:
+        report["multilabel"] = multilabel_summary([src.records[i].tags for i in good])
     if any(r.split for r in src.records):
         splits = defaultdict(Counter)
         for i in good:
-            splits[src.records[i].split or "unassigned"][src.records[i].label] += 1
+            for t in src.records[i].tags if src.multilabel else (src.records[i].label,):
+                splits[src.records[i].split or "unassigned"][t] += 1
         order = [s for s in (*SPLIT_ORDER, "unassigned") if s in splits]
         report["split_counts"] = {s: {c: splits[s][c] for c in src.classes if splits[s][c]} for s in order}
     report["unusable_reasons"] = audit.extra_reasons + _unusable(report, max_bad_fraction)
     report["usable"] = not report["unusable_reasons"]
     report["warnings"] = _warnings(report, audit)
     return report
+
+
+def multilabel_summary(tag_sets: list[tuple[str, ...]], pairs: int = 10) -> dict:
+    """How many labels images carry, and which labels occur together most often."""
+    per_image = Counter(len(t) for t in tag_sets)
+    together = Counter(p for t in tag_sets for p in itertools.combinations(sorted(t), 2))
+    return {"labels_per_image": {str(k): per_image[k] for k in sorted(per_image)},
+            "mean_labels": round(sum(len(t) for t in tag_sets) / max(len(tag_sets), 1), 3),
+            "no_label": per_image.get(0, 0),
+            "co_occurrence": [{"labels": list(p), "images": n} for p, n in together.most_common(pairs)]}
 
 
 def _sizes(seen: list[Seen]) -> dict:
@@ -379,7 +395,9 @@ def _unusable(report: dict, max_bad_fraction: float) -> list[str]:
     present = [c for c, n in report["classes"].items() if n]
     if report["total"] == 0:
         reasons.append("no readable images")
-    elif len(present) < 2:
+    elif report.get("multilabel") and not present:
+        reasons.append("no image carries any label; a multi-label classifier needs positives to learn from")
+    elif len(present) < 2 and not report.get("multilabel"):  # one multi-label label is a yes/no detector
         reasons.append(f"only one class ('{present[0]}'); a classifier needs at least 2 classes")
     nbad, nfiles = len(report["bad_files"]), max(1, report["files"])
     if nbad and nbad / nfiles > max_bad_fraction:

@@ -3,13 +3,16 @@
 The reader sniffs the delimiter (comma, tab, semicolon, or runs of spaces), strips a BOM, honours quoted fields and
 decides whether the first row is a header by its shape: a row with a cell that names an existing file or an image
 file name is data. Columns are chosen by name or 0-based index; a header-less file's columns are named "0", "1", …
-Each row then becomes a Record through :func:`row_label` (one place to extend for multi-label cells).
+Each row then becomes a Record through :func:`row_label`; a multi-label cell (``dog|outdoor``, ``dog;outdoor``) is
+split by :func:`split_labels`, one-hot 0/1 columns (``--label-cols``) are read by :func:`one_hot_labels`, and a JSON
+file ``{"path": [labels]}`` by :func:`read_json_labels`.
 """
 
 from __future__ import annotations
 
 import csv
 import difflib
+import json
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +22,8 @@ import yaml
 from ..errors import DataError
 from .records import IMAGE_EXTS, as_number, class_sort_key  # noqa: F401  (re-exported)
 
-LABEL_FILE_EXTS = (".csv", ".tsv", ".txt")
+LABEL_FILE_EXTS = (".csv", ".tsv", ".txt", ".json")
+LABEL_SEPARATORS = ("|", ";")  # between the labels of one multi-label cell
 PATH_COLS = ("path", "filepath", "file_path", "image_path", "file", "filename", "image", "img", "image_id", "id")
 LABEL_COLS = ("label", "class", "category", "target", "class_name", "y", "labels")
 # tried in this order; a tie on how well a delimiter explains the file goes to the earlier one
@@ -204,3 +208,53 @@ def apply_label_map(path: Path, values: list[str], mapping: dict[str, str]) -> t
 def row_label(cells: list[str], label_index: int) -> str:
     """The label of one row (multi-label cells will be parsed here)."""
     return cells[label_index].strip() if label_index < len(cells) else ""
+
+
+def split_labels(cell: str, delimiter: str, where: str) -> tuple[str, ...]:
+    """The labels of one cell: ``dog|outdoor`` or ``dog;outdoor`` → (dog, outdoor); a file whose delimiter is ';'
+    only splits on '|'. An empty label between separators (``dog|``, ``dog||cat``) is an error naming the row."""
+    seps = [s for s in LABEL_SEPARATORS if s != delimiter]
+    parts = [cell]
+    for sep in seps:
+        parts = [p for part in parts for p in part.split(sep)]
+    parts = [p.strip() for p in parts]
+    if len(parts) > 1 and not all(parts):
+        raise DataError(f"{where}: empty label in the multi-label cell '{cell}'; separate labels by "
+                        f"{' or '.join(repr(s) for s in seps)} with a label on each side")
+    return tuple(dict.fromkeys(parts))  # a label repeated in one cell counts once
+
+
+def one_hot_labels(cells: list[str], columns: list[tuple[int, str]], where: str) -> tuple[str, ...]:
+    """--label-cols: the names of the 0/1 columns that hold 1 in this row; any other value is an error."""
+    tags = []
+    for i, name in columns:
+        value = cells[i].strip() if i < len(cells) else ""
+        x = as_number(value)
+        if x not in (0.0, 1.0):
+            raise DataError(f"{where}: column '{name}' holds {value!r}; --label-cols columns take 0 or 1 only")
+        if x == 1.0:
+            tags.append(name)
+    return tuple(tags)
+
+
+def read_json_labels(path: Path) -> list[tuple[str, list[str] | str]]:
+    """``{"path": [labels], …}`` (or ``"path": "label"``) → (path, labels) in file order."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8-sig"))
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"{path}: cannot read the label file ({e})") from None
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}: not valid JSON ({e.msg} at line {e.lineno}); expected "
+                        '{"image.jpg": ["label", …], …}') from None
+    if not isinstance(data, dict) or not data:
+        raise DataError(f'{path}: expected a JSON object of image path → labels, e.g. {{"a.jpg": ["dog", "outdoor"]}}')
+    out = []
+    for key, value in data.items():
+        if isinstance(value, str):
+            out.append((key, value))
+        elif isinstance(value, list) and all(isinstance(v, (str, int)) and not isinstance(v, bool) for v in value):
+            out.append((key, [str(v).strip() for v in value]))
+        else:
+            raise DataError(f"{path}: the labels of {key!r} are {json.dumps(value)[:60]}; give a list of label "
+                            "names (or one name)")
+    return out

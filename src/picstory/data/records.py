@@ -42,7 +42,7 @@ class Record:
     split: str | None = None  # train | val | test, when the data declares it
     group: str | None = None  # --group-col value: no group straddles train/val/test
     weight: float = 1.0  # --weight-col value: scales the loss and the metrics' support
-    tags: tuple[str, ...] = ()  # multi-label: every label of the image (label is then "|".join(tags))
+    tags: tuple[str, ...] = ()  # multi-label: every label of the image (label is then "|".join(tags), "" for none)
     meta: tuple[tuple[str, str], ...] = ()  # other label-file columns (--report-by, --stratify-col), (name, value)
 
 
@@ -58,10 +58,11 @@ class Source:
     columns: list[str] = field(default_factory=list)  # a label file's columns (names, or "0", "1", … without header)
     notes: list[str] = field(default_factory=list)  # what the reader decided or doubts (shown by data check, train)
     label_map: dict[str, str] = field(default_factory=dict)  # --label-map as applied: label value → class
+    multilabel: bool = False  # every record's tags are its labels (any number, none included)
 
     @property
     def classes(self) -> list[str]:
-        labels = {r.label for r in self.records}
+        labels = {t for r in self.records for t in r.tags} if self.multilabel else {r.label for r in self.records}
         # numeric labels (IDX files, CSVs of digits or grades) sort by value: "10" follows "9", "0.333" precedes "1"
         return sorted(labels, key=class_sort_key)
 
@@ -72,8 +73,20 @@ class Source:
     def class_counts(self) -> dict[str, int]:
         counts = {c: 0 for c in self.classes}
         for r in self.records:
-            counts[r.label] += 1
+            for label in (r.tags if self.multilabel else (r.label,)):
+                counts[label] += 1
         return counts
+
+    def targets(self, records: list[Record], classes: list[str]) -> np.ndarray:
+        """The multi-hot float32 (N, K) rows of ``records`` over ``classes`` (unknown labels dropped); a single-label
+        source's record has its one label (a multi-label model scored on a class folder)."""
+        index = {c: i for i, c in enumerate(classes)}
+        out = np.zeros((len(records), len(classes)), dtype=np.float32)
+        for row, r in enumerate(records):
+            for t in r.tags if self.multilabel else (r.label,):
+                if t in index:
+                    out[row, index[t]] = 1.0
+        return out
 
     def display_path(self, rec: Record) -> str:
         if self.in_memory:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from dataclasses import replace
@@ -18,7 +19,8 @@ PATH_COLS, LABEL_COLS = lf.PATH_COLS, lf.LABEL_COLS
 
 
 def resolve(spec: str, path_col: str = "", label_col: str = "", allow_outside: bool = False, *,
-            label_map: str = "", group_col: str = "", weight_col: str = "") -> Source:
+            label_map: str = "", group_col: str = "", weight_col: str = "", label_cols: str = "",
+            multi_label: bool = False) -> Source:
     """Turn a DATA spec (see DESIGN.md) into a Source; raises DataError naming the spec and what to do.
 
     The keyword options read label files (config.LABEL_FILE_KEYS: ``resolve(spec, **label_file_options(cfg))``);
@@ -31,12 +33,23 @@ def resolve(spec: str, path_col: str = "", label_col: str = "", allow_outside: b
         raise DataError(f"data not found: {spec} (give a folder of class sub-folders, a CSV, IDX files, "
                         "or builtin:fashion-mnist / builtin:digits)")
     if path.is_file():
+        if path.suffix.lower() == ".json":
+            for flag, value in (("--path-col", path_col), ("--label-col", label_col), ("--group-col", group_col),
+                                ("--weight-col", weight_col), ("--label-cols", label_cols)):
+                if value:
+                    raise DataError(f"{flag} {value}: {spec} is a JSON label file without columns; drop {flag}")
+            return _from_json(path, allow_outside, label_map, multi_label)
         if path.suffix.lower() in lf.LABEL_FILE_EXTS:
-            return _from_label_file(path, path_col, label_col, allow_outside, label_map, group_col, weight_col)
+            return _from_label_file(path, path_col, label_col, allow_outside, label_map, group_col, weight_col,
+                                    label_cols, multi_label)
         raise DataError(f"{spec}: a single file is not a data set; give a folder or a label file "
                         f"({', '.join(lf.LABEL_FILE_EXTS)}) with path and label columns")
-    for flag, value in (("--group-col", group_col), ("--weight-col", weight_col), ("--label-map", label_map)):
+    for flag, value in (("--group-col", group_col), ("--weight-col", weight_col), ("--label-map", label_map),
+                        ("--label-cols", label_cols), ("--multi-label", multi_label)):
         if value:
+            if flag == "--multi-label":
+                raise DataError(f"--multi-label: {spec} is a folder, and folders hold one label per image; give a "
+                                "CSV (dog|outdoor cells or --label-cols) or a JSON file {\"path\": [labels]}")
             raise DataError(f"{flag} {value}: {spec} is not a label file; {flag} needs a .csv/.tsv/.txt with columns")
     path = path.resolve()
     idx = find_idx(path)
@@ -169,37 +182,51 @@ def _file_name_labels(root: Path, split: str | None) -> tuple[list[Record], int,
 
 
 def _from_label_file(path: Path, path_col: str, label_col: str, allow_outside: bool = False, label_map: str = "",
-                     group_col: str = "", weight_col: str = "") -> Source:
+                     group_col: str = "", weight_col: str = "", label_cols: str = "",
+                     multi_label: bool = False) -> Source:
     table = lf.read_table(path)
     pi = lf.pick_column(table, path_col, lf.PATH_COLS, "path", "--path-col")
-    li = lf.pick_column(table, label_col, lf.LABEL_COLS, "label", "--label-col", avoid=(pi,))
+    one_hot = [(lf.pick_column(table, name.strip(), (), "label", "--label-cols"), name.strip())
+               for name in label_cols.split(",") if name.strip()]
+    if label_cols and label_col:
+        raise DataError(f"{path}: --label-col and --label-cols both given; one-hot columns (--label-cols) replace "
+                        "the label column")
+    if one_hot:
+        one_hot = [(i, table.columns[i]) for i, _ in one_hot]
+        li = one_hot[0][0]
+        if pi in [i for i, _ in one_hot]:
+            raise DataError(f"{path}: --label-cols includes the path column '{table.columns[pi]}'")
+    else:
+        li = lf.pick_column(table, label_col, lf.LABEL_COLS, "label", "--label-col", avoid=(pi,))
     if li == pi:
         raise DataError(f"{path}: the path and the label column are both '{table.columns[pi]}'; choose another "
                         "with --label-col")
     gi = lf.pick_column(table, group_col, (), "group", "--group-col") if group_col else None
     wi = lf.pick_column(table, weight_col, (), "weight", "--weight-col") if weight_col else None
     cols = table.columns
+    label_idx = {i for i, _ in one_hot} or {li}
     si = next((i for i, c in enumerate(cols) if c.strip().lower() == "split" and table.header), None)
-    notes = [] if table.header else [f"{path.name} has no header: column {pi} holds the paths and column {li} the "
-                                     "labels (choose others with --path-col / --label-col)"]
+    notes = [] if table.header or one_hot else [
+        f"{path.name} has no header: column {pi} holds the paths and column {li} the labels (choose others with "
+        "--path-col / --label-col)"]
     records, problems, raw = [], [], []
     base = path.parent.resolve()
     for line, cells in table.rows:
         where = f"{path}:{line}"
-        rel, label = (cells[pi] if pi < len(cells) else ""), lf.row_label(cells, li)
+        rel = cells[pi] if pi < len(cells) else ""
+        if one_hot:
+            tags, label = lf.one_hot_labels(cells, one_hot, where), "-"
+        else:
+            label = lf.row_label(cells, li)
+            tags = lf.split_labels(label, table.delimiter, where) if label else ()
         if not rel:
             problems.append((where, f"empty path (column '{cols[pi]}')"))
             continue
         if not label:
             problems.append((where, f"empty label (column '{cols[li]}') for {rel}"))
             continue
-        file = (path.parent / rel).resolve()
-        if not allow_outside and not file.is_relative_to(base):
-            # not used and not looked at: the report must not reveal which files exist outside the data set
-            problems.append((where, f"path {rel} leaves {base}; pass --allow-outside to use such rows"))
-            continue
-        if not file.is_file():
-            problems.append((str(file), f"missing file (row {line} of {path.name})"))
+        file = _inside(path, rel, base, allow_outside, where, line, problems)
+        if file is None:
             continue
         weight = 1.0
         if wi is not None:
@@ -210,14 +237,69 @@ def _from_label_file(path: Path, path_col: str, label_col: str, allow_outside: b
                 continue
         split = SPLIT_NAMES.get(cells[si].strip().lower()) if si is not None and si < len(cells) else None
         group = cells[gi] if gi is not None and gi < len(cells) and cells[gi] else None
-        meta = tuple((c, cells[i]) for i, c in enumerate(cols) if i not in (pi, li) and i < len(cells))
-        records.append(Record(str(file), label, split, group=group, weight=weight, meta=meta))
-        raw.append(label)
+        meta = tuple((c, cells[i]) for i, c in enumerate(cols) if i != pi and i not in label_idx and i < len(cells))
+        records.append(Record(str(file), label, split, group=group, weight=weight, tags=tags, meta=meta))
+        raw.extend(tags)
     if not records:
         example = problems[0][1] if problems else "no data rows"
         raise DataError(f"{path}: no usable rows ({len(problems)} problems, e.g. {example})")
+    multilabel = bool(one_hot) or multi_label or any(len(r.tags) > 1 for r in records)
+    return _labelled(path, records, raw, label_map, multilabel, kind="csv", problems=problems, columns=cols,
+                     notes=notes, root=base)
+
+
+def _inside(path: Path, rel: str, base: Path, allow_outside: bool, where: str, line: int,
+            problems: list) -> Path | None:
+    """The image file a label-file row names, or None (and a problem) when it leaves the folder or is missing."""
+    file = (path.parent / rel).resolve()
+    if not allow_outside and not file.is_relative_to(base):
+        # not used and not looked at: the report must not reveal which files exist outside the data set
+        problems.append((where, f"path {rel} leaves {base}; pass --allow-outside to use such rows"))
+        return None
+    if not file.is_file():
+        problems.append((str(file), f"missing file (row {line} of {path.name})"))
+        return None
+    return file
+
+
+def _from_json(path: Path, allow_outside: bool, label_map: str, multi_label: bool = False) -> Source:
+    """``{"path": [labels]}``: a list makes the data set multi-label (an empty list: an image with no label)."""
+    records, problems, raw, multilabel = [], [], [], multi_label
+    base = path.parent.resolve()
+    for n, (rel, value) in enumerate(lf.read_json_labels(path), start=1):
+        where = f"{path}: entry {n} ({rel})"
+        if isinstance(value, list):
+            multilabel = True
+            if any(not v for v in value):
+                raise DataError(f"{where}: an empty label in {json.dumps(value)}; give label names")
+            tags = tuple(dict.fromkeys(value))
+        elif not value.strip():
+            problems.append((where, f"empty label for {rel}"))
+            continue
+        else:
+            tags = (value.strip(),)
+        file = _inside(path, rel, base, allow_outside, where, n, problems) if rel else None
+        if file is None:
+            if not rel:
+                problems.append((where, "empty path"))
+            continue
+        records.append(Record(str(file), "-", None, tags=tags))
+        raw.extend(tags)
+    if not records:
+        example = problems[0][1] if problems else "no entries"
+        raise DataError(f"{path}: no usable entries ({len(problems)} problems, e.g. {example})")
+    return _labelled(path, records, raw, label_map, multilabel, kind="json", problems=problems, columns=[],
+                     notes=[], root=base)
+
+
+def _labelled(path: Path, records: list[Record], raw: list[str], label_map: str, multilabel: bool, **source) -> Source:
+    """Apply --label-map to every label, then set each record's label: its one class, or (multi-label) its labels
+    in class order joined by '|' ("" for an image with none)."""
     mapping, warnings = lf.apply_label_map(path, sorted(set(raw), key=lf.class_sort_key), lf.parse_label_map(label_map))
-    if label_map:
-        records = [replace(r, label=mapping[r.label]) for r in records]
-    return Source(spec=str(path), kind="csv", records=records, root=base, problems=problems, columns=cols,
-                  notes=notes + warnings, label_map=mapping if label_map else {})
+    out = []
+    for r in records:
+        tags = tuple(sorted({mapping[t] for t in r.tags}, key=lf.class_sort_key))
+        out.append(replace(r, label="|".join(tags), tags=tags if multilabel else ()))
+    source["notes"] = source["notes"] + warnings
+    return Source(spec=str(path), records=out, label_map=mapping if label_map else {}, multilabel=multilabel,
+                  **source)

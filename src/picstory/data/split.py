@@ -31,6 +31,9 @@ def assign_splits(records: list[Record], val_fraction: float = 0.1, test_fractio
     out = [r.split or "train" for r in records]
     free = [i for i, r in enumerate(records) if r.split in (None, "train")]
     keys = [stratum(records[i], stratify_col) for i in free]
+    multilabel = any(r.tags for r in records)
+    if multilabel:
+        keys = _pool_rare(keys)
     if any(r.group is not None for r in records):
         fractions = {"test": test_fraction if need_test else 0.0, "val": val_fraction if need_val else 0.0}
         # a row without a group value is a group of its own (its path)
@@ -49,7 +52,7 @@ def assign_splits(records: list[Record], val_fraction: float = 0.1, test_fractio
         n_test = _share(n, test_fraction) if need_test else 0
         n_val = _share(n, val_fraction) if need_val else 0
         if n - n_test - n_val < 1:
-            if stratify_col:  # a tiny stratum stays in train; the class as a whole is still split
+            if stratify_col or multilabel:  # a tiny stratum stays in train; the class as a whole is still split
                 n_test = n_val = 0
             else:
                 raise DataError(f"class '{key}' has {n} image(s): too few to split into train"
@@ -59,6 +62,27 @@ def assign_splits(records: list[Record], val_fraction: float = 0.1, test_fractio
             out[i] = "test"
         for i in idx[n_test:n_test + n_val]:
             out[i] = "val"
+    return _labels_in_train(records, out) if multilabel else out
+
+
+RARE = "\x1e"  # the stratum of every multi-label combination too rare to stratify on its own
+
+
+def _pool_rare(keys: list[str], least: int = 3) -> list[str]:
+    """Multi-label strata are label combinations; the many rare ones are split together as one stratum."""
+    counts: dict[str, int] = defaultdict(int)
+    for k in keys:
+        counts[k] += 1
+    return [k if counts[k] >= least else RARE for k in keys]
+
+
+def _labels_in_train(records: list[Record], out: list[str]) -> list[str]:
+    """A multi-label image whose label no training image has goes to train: a label must be learnt to be tested."""
+    seen = {t for r, s in zip(records, out) if s == "train" for t in r.tags}
+    for i, r in enumerate(records):
+        if out[i] != "train" and not r.split and not set(r.tags) <= seen:
+            out[i] = "train"
+            seen.update(r.tags)
     return out
 
 
@@ -187,12 +211,17 @@ def balance(source: Source, splits: dict[str, list[int]]) -> dict:
     """How far each split's class shares moved from the whole data's: the split report of a group-aware split."""
     labels = source.classes
     everything = [i for idx in splits.values() for i in idx]
-    whole = _shares([source.records[i].label for i in everything], labels)
+    multilabel = getattr(source, "multilabel", False)
+
+    def of(ids: list[int]) -> list[str]:  # a multi-label image counts once for each of its labels
+        return [t for i in ids for t in (source.records[i].tags if multilabel else (source.records[i].label,))]
+
+    whole = _shares(of(everything), labels)
     out = {"n": {s: len(idx) for s, idx in splits.items()}, "max_shift_points": 0.0, "worst": None, "per_split": {}}
     for s, idx in splits.items():
         if not idx:
             continue
-        part = _shares([source.records[i].label for i in idx], labels)
+        part = _shares(of(idx), labels)
         shift = {c: round(100 * (part[c] - whole[c]), 2) for c in labels}
         out["per_split"][s] = shift
         c = max(shift, key=lambda c: abs(shift[c]))
@@ -245,9 +274,12 @@ def split_source(source: Source, val_fraction: float, test_fraction: float, seed
     out: dict[str, list[int]] = {"train": [], "val": [], "test": []}
     for i, s in enumerate(splits):
         out[s].append(i)
-    train_classes = {source.records[i].label for i in out["train"]}
+    def labels(i: int) -> tuple[str, ...]:
+        return source.records[i].tags if getattr(source, "multilabel", False) else (source.records[i].label,)
+
+    train_classes = {t for i in out["train"] for t in labels(i)}
     for name in ("val", "test"):
-        extra = sorted({source.records[i].label for i in out[name]} - train_classes)
+        extra = sorted({t for i in out[name] for t in labels(i)} - train_classes)
         if extra:
             raise DataError(f"class(es) {', '.join(extra)} appear only in the {name} split of {source.spec}; "
                             "a model cannot learn a class it never sees in training: add training images")

@@ -3,7 +3,8 @@
 Contract of an exported file (also written to ``model.json`` under ``exports``):
 - input ``input``: float32 N×C×H×W, already normalised — ``(uint8 / 255 - mean) / std`` of the pixels that
   :func:`picstory.deploy.preprocess.preprocess` produces;
-- output ``probabilities``: float32 N×K softmax probabilities (the softmax is part of the exported graph).
+- output ``probabilities``: float32 N×K softmax probabilities (the softmax is part of the exported graph); a
+  multi-label bundle (``task: multilabel``) ends in a sigmoid per label instead, thresholds stay in model.json.
 
 ONNX uses torch's TorchScript-based exporter (``dynamo=False``): it needs no extra packages (the dynamo exporter
 needs onnxscript) and handles the conv/BatchNorm/activation graphs of picstory and timm models. BatchNorm is folded
@@ -32,7 +33,7 @@ from torch import nn
 
 from ..errors import UserError
 from ..files import fsync_dir, public_mode
-from ..models.bundle import find_bundle, load_bundle, read_meta, update_meta
+from ..models.bundle import find_bundle, is_multilabel, load_bundle, read_meta, update_meta
 from ..options import EXPORT
 from .preprocess import preprocess
 
@@ -45,14 +46,16 @@ INPUT_NAME, OUTPUT_NAME = "input", "probabilities"
 
 
 class WithSoftmax(nn.Module):
-    """The exported graph: the classifier followed by softmax, in fp32."""
+    """The exported graph: the classifier followed by softmax (multi-label: sigmoid), in fp32."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, multilabel: bool = False):
         super().__init__()
         self.model = model
+        self.multilabel = multilabel
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(self.model(x).float(), dim=1)
+        logits = self.model(x).float()
+        return torch.sigmoid(logits) if self.multilabel else torch.softmax(logits, dim=1)
 
 
 def export(run_or_bundle: str | Path, fmt: str = EXPORT.format, opset: int = EXPORT.opset,
@@ -77,7 +80,7 @@ def export(run_or_bundle: str | Path, fmt: str = EXPORT.format, opset: int = EXP
     tmp = Path(tmp_name)
     try:
         example = torch.zeros(1 if not dynamic_batch else 2, meta["in_chans"], meta["img_size"], meta["img_size"])
-        _write_export(WithSoftmax(model).eval(), example, tmp, fmt, opset, dynamic_batch)
+        _write_export(WithSoftmax(model, is_multilabel(meta)).eval(), example, tmp, fmt, opset, dynamic_batch)
         parity = check_parity(model, meta, tmp, fmt, images, dynamic_batch)
         if not parity["passed"]:
             raise UserError(f"{final}: parity check failed (max |Δp| {parity['max_abs_diff']:.2e} > "
@@ -163,7 +166,9 @@ def _record(meta: dict, final: Path, sha: str, fmt: str, opset: int, dynamic_bat
                   "layout": "NCHW", "values": "(pixel / 255 - mean) / std, pixels from the bundle's preprocessing"},
         "output": {"name": OUTPUT_NAME, "dtype": "float32", "shape": ["N" if dynamic_batch else 1,
                                                                       meta["num_classes"]],
-                   "values": "softmax probabilities (softmax is part of the graph)"},
+                   "values": "sigmoid probabilities per label (sigmoid is part of the graph; a label is predicted "
+                             "at its threshold in model.json)" if is_multilabel(meta) else
+                             "softmax probabilities (softmax is part of the graph)"},
         "parity": parity, "torch_version": torch.__version__,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
@@ -203,12 +208,20 @@ def check_parity(model: nn.Module, meta: dict, path: Path, fmt: str, images: tor
     from ..evaluation.tta import predict_proba
 
     x = normalize(images, tuple(meta["mean"]), tuple(meta["std"])).float()
-    ref = predict_proba(model, x, "none").numpy()
+    ref = predict_proba(model, x, "none", is_multilabel(meta)).numpy()
     if dynamic_batch:
         got = _run_exported(path, fmt, x)
     else:
         got = np.concatenate([_run_exported(path, fmt, x[i:i + 1]) for i in range(len(x))])
-    return compare(ref, got)
+    out = compare(ref, got)
+    if is_multilabel(meta):  # the label sets at the tuned thresholds must agree too, but for scores at a threshold
+        from ..models.bundle import thresholds
+
+        thr = np.asarray(thresholds(meta))[None, :]
+        same = ((ref >= thr) == (got >= thr)) | (np.abs(ref - thr) <= out["atol"])
+        out["label_set_agreement"] = float(same.all(1).mean()) if len(ref) else 1.0
+        out["passed"] = out["passed"] and out["label_set_agreement"] == 1.0
+    return out
 
 
 def compare(ref: np.ndarray, got: np.ndarray, atol: float | None = None) -> dict:

@@ -32,7 +32,7 @@ from ..data.batches import normalize
 from ..data.decode import DecodeError
 from ..data.sources import IMAGE_EXTS
 from ..errors import UserError
-from ..models.bundle import PREPROCESSING, find_bundle, load_bundle
+from ..models.bundle import PREPROCESSING, find_bundle, is_multilabel, load_bundle, thresholds
 from ..options import PREDICT
 from .export import onnx_session, run_onnx
 from .preprocess import preprocess
@@ -66,17 +66,20 @@ class Predictor:
         self._mean = tuple(meta["mean"])
         self._std = tuple(meta["std"])
         self._explainer = None
+        self.multilabel = is_multilabel(meta)  # sigmoid per label; a label is predicted at its tuned threshold
+        self.thresholds = thresholds(meta) if self.multilabel else []
 
     def __repr__(self) -> str:
         return f"Predictor({self.source!r}, backend={self.backend}, classes={len(self.classes)})"
 
     def predict_proba(self, x_uint8: torch.Tensor, tta: str = "none") -> np.ndarray:
-        """N×C×H×W uint8, already fitted to the model's size → N×K float32 probabilities."""
+        """N×C×H×W uint8, already fitted to the model's size → N×K float32 probabilities (multi-label: one
+        sigmoid per label; an exported graph ends in the same activation)."""
         from ..evaluation import tta as tta_mod
 
         x = normalize(x_uint8.to(self.device), self._mean, self._std)
         if self.model is not None:
-            return tta_mod.predict_proba(self.model, x, tta).cpu().numpy()
+            return tta_mod.predict_proba(self.model, x, tta, self.multilabel).cpu().numpy()
         views = tta_mod.views(x, tta)
         probs = sum(self._run_session(v) for v in views)
         return (probs / len(views)).astype(np.float32)
@@ -105,7 +108,9 @@ class Predictor:
 
     def predict(self, inputs: Sequence[Any], top_k: int = PREDICT.top_k, tta: str = PREDICT.tta,
                 batch_size: int = 64) -> list[dict]:
-        """One result per input, in order: ``{"input", "predictions": [{"label", "probability"}], "error"}``."""
+        """One result per input, in order: ``{"input", "predictions": [{"label", "probability"}], "error"}``;
+        a multi-label model adds ``"labels": [{"label", "prob"}]`` (every label at or above its threshold) and
+        ``"probs": {label: probability}``."""
         if tta not in TTA_MODES:
             raise UserError(f"tta {tta!r}: choose {', '.join(TTA_MODES)}")
         if isinstance(inputs, (str, Path, bytes, Image.Image, np.ndarray)):
@@ -134,7 +139,17 @@ class Predictor:
             top = np.argsort(-probs, axis=1, kind="stable")[:, :k]
             for entry, p, idx in zip(slots, probs, top):
                 entry["predictions"] = [{"label": self.classes[j], "probability": float(p[j])} for j in idx]
+            if self.multilabel:
+                self.add_label_sets(slots, probs)
         return out
+
+    def add_label_sets(self, entries: list[dict], probs: np.ndarray) -> None:
+        """Multi-label: each entry's ``labels`` (at or above their thresholds) and ``probs`` of every label."""
+        from ..evaluation.multilabel import label_sets
+
+        for entry, p, chosen in zip(entries, probs, label_sets(probs, self.classes, self.thresholds)):
+            entry["labels"] = chosen
+            entry["probs"] = {c: round(float(v), 6) for c, v in zip(self.classes, p)}
 
 
 def load(target: str | Path, device: str = "cpu", backend: str = PREDICT.backend) -> Predictor:
@@ -280,17 +295,20 @@ def format_predictions(results: Sequence[dict], fmt: str = PREDICT.format, top_k
     row per prediction and one row (rank empty) for an input that failed.
     """
     trimmed = [{**r, "predictions": list(r.get("predictions") or [])[:top_k]} for r in results]
+    multilabel = any("labels" in r for r in results)
     if fmt == "json":
         return json.dumps(trimmed, indent=2, ensure_ascii=False)
     if fmt == "csv":
         buf = io.StringIO()
         writer = csv.writer(buf, lineterminator="\n")
-        writer.writerow(["input", "rank", "label", "probability", "error"])
+        writer.writerow(["input", "rank", "label", "probability", "error"] + (["predicted"] if multilabel else []))
         for r in trimmed:
             if r.get("error"):
-                writer.writerow([r["input"], "", "", "", r["error"]])
+                writer.writerow([r["input"], "", "", "", r["error"]] + ([""] if multilabel else []))
+            chosen = {x["label"] for x in r.get("labels") or []}
             for rank, p in enumerate(r["predictions"], 1):
-                writer.writerow([r["input"], rank, p["label"], f"{p['probability']:.6f}", ""])
+                writer.writerow([r["input"], rank, p["label"], f"{p['probability']:.6f}", ""]
+                                + ([int(p["label"] in chosen)] if multilabel else []))
         return buf.getvalue().rstrip("\n")
     if fmt != "table":
         raise UserError(f"format {fmt!r}: choose table, json or csv")
@@ -304,12 +322,15 @@ def format_predictions(results: Sequence[dict], fmt: str = PREDICT.format, top_k
 
 
 def _table_rows(results: Sequence[dict]) -> list[tuple[str, str, str, str]]:
+    """One row per shown label; a multi-label result marks the labels at or above their thresholds with ✓."""
     rows = []
     for r in results:
         if r.get("error"):
             rows.append((r["input"], "-", f"error: {r['error']}", "-"))
+        chosen = {x["label"] for x in r.get("labels") or []}
         for rank, p in enumerate(r["predictions"], 1):
-            rows.append((r["input"], str(rank), p["label"], f"{p['probability']:.4f}"))
+            mark = " ✓" if p["label"] in chosen else ""
+            rows.append((r["input"], str(rank), p["label"] + mark, f"{p['probability']:.4f}"))
     return rows
 
 

@@ -347,6 +347,8 @@ def _routes(app: FastAPI, service: _Service, page: str) -> None:
         if explain:
             for r, e in zip(results, await _explanations(service, images)):
                 r["explanation"] = e
+        if getattr(service.predictor, "multilabel", False):  # the labels at their thresholds, every probability
+            service.predictor.add_label_sets(results, np.stack(probs))
         body_out = {"results": results} if several else results[0]
         return {**body_out, "model": service.model_ref(), "latency_ms": latency_ms}
 

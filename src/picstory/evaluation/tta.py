@@ -1,4 +1,4 @@
-"""Test-time augmentation: average the softmax over a few deterministic views of each image."""
+"""Test-time augmentation: average the softmax (multi-label: the sigmoids) over a few deterministic views."""
 
 from __future__ import annotations
 
@@ -26,11 +26,12 @@ def views(x: torch.Tensor, mode: str) -> list[torch.Tensor]:
 
 
 @torch.inference_mode()
-def predict_proba(model: torch.nn.Module, x: torch.Tensor, tta: str = "none") -> torch.Tensor:
-    """Softmax probabilities (N, K) averaged over the TTA views, in fp32."""
+def predict_proba(model: torch.nn.Module, x: torch.Tensor, tta: str = "none", multilabel: bool = False) -> torch.Tensor:
+    """Softmax probabilities (N, K) averaged over the TTA views, in fp32; ``multilabel``: each label's sigmoid."""
     probs = None
     vs = views(x, tta)
     for v in vs:
-        p = torch.softmax(model(v.contiguous(memory_format=torch.channels_last)).float(), dim=1)
+        logits = model(v.contiguous(memory_format=torch.channels_last)).float()
+        p = torch.sigmoid(logits) if multilabel else torch.softmax(logits, dim=1)
         probs = p if probs is None else probs + p
     return probs / len(vs)

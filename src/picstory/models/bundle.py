@@ -151,6 +151,16 @@ def update_meta(directory: str | Path, **fields: Any) -> dict:
     return meta
 
 
+def is_multilabel(meta: dict) -> bool:
+    return meta.get("task") == "multilabel"
+
+
+def thresholds(meta: dict) -> list[float]:
+    """A multi-label bundle's per-label thresholds in class order (0.5 for a label without a tuned one)."""
+    tuned = meta.get("thresholds") or {}
+    return [float(tuned.get(c, 0.5)) for c in meta["classes"]]
+
+
 def find_bundle(run_or_bundle: str | Path) -> Path:
     """The bundle directory of a run directory (``RUN/model``) or a bundle directory itself."""
     path = Path(run_or_bundle).expanduser()

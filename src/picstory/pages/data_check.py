@@ -30,7 +30,7 @@ def render_html(audit: Audit, report: dict) -> str:
                    | {i for gs in groups.values() for _, g in gs[:GROUPS_SHOWN] for i in g[:MEMBERS_SHOWN]})
     with ThreadPoolExecutor(2) as ex:
         thumbs = dict(zip(shown, ex.map(lambda i: _thumbnail(audit.source, i), shown)))
-    parts = [_header(report), _class_bars(report) if report["classes"] else ""]
+    parts = [_header(report), _class_bars(report) if report["classes"] else "", _multilabel(report)]
     if any(samples.values()):
         parts.append(_section("Samples", "".join(
             f'<div class="class-row"><h3>{esc(c)} <small>{report["classes"][c]}</small></h3><div class="thumbs">'
@@ -49,6 +49,19 @@ def render_html(audit: Audit, report: dict) -> str:
     parts.append(_sizes_section(report))
     footer = "<footer>picstory data check · nothing in the data folder was changed</footer>"
     return page(f"Data check · {report['data']}", "\n".join(parts) + footer, "data-check")
+
+
+def _multilabel(r: dict) -> str:
+    """Multi-label data: labels per image and the pairs of labels that occur together most."""
+    m = r.get("multilabel")
+    if not m:
+        return ""
+    per = ", ".join(f"{k} label{'s' if k != '1' else ''}: {n}" for k, n in m["labels_per_image"].items())
+    rows = "".join(f'<tr><td>{esc(" + ".join(p["labels"]))}</td><td>{p["images"]}</td></tr>'
+                   for p in m["co_occurrence"])
+    table = f"<table><tr><th>labels together</th><th>images</th></tr>{rows}</table>" if rows else ""
+    return _section("Multi-label", f"<p>Images by number of labels — {esc(per)} (mean {m['mean_labels']}).</p>"
+                    + table)
 
 
 def _more(n: int) -> str:
@@ -126,7 +139,9 @@ def _samples(audit: Audit) -> dict[str, list[int]]:
     by_class: dict[str, list[int]] = defaultdict(list)
     for i, s in enumerate(audit.seen):
         if isinstance(s, Seen):
-            by_class[audit.source.records[i].label].append(i)
+            rec = audit.source.records[i]
+            for label in rec.tags if audit.source.multilabel else (rec.label,):
+                by_class[label].append(i)
     return {c: sorted({idx[k] for k in np.linspace(0, len(idx) - 1, SAMPLES_PER_CLASS).astype(int)}) if idx else []
             for c in audit.source.classes[:CLASSES_SHOWN] for idx in [by_class.get(c, [])]}
 

@@ -112,10 +112,21 @@ def _metrics(run: Mapping, rows: list[dict]) -> tuple:
     split = ev.get("split", "test")
     head = (f"{split} accuracy {_pct(ev.get('accuracy', s.get('test_accuracy')))} on {ev.get('n', '?')} images; "
             f"validation accuracy {_pct(s.get('val_accuracy'))}.")
+    if ev.get("task") == "multilabel":
+        mean_ap = "–" if ev.get("mAP") is None else f"{ev['mAP']:.3f}"
+        head = (f"Multi-label: {split} micro-F1 {ev['micro_f1']:.3f}, macro-F1 {ev['macro_f1']:.3f}, mAP "
+                f"{mean_ap}, exact match "
+                f"{_pct(ev.get('exact_match'))} on {ev.get('n', '?')} images; a label is predicted at its own "
+                "threshold (tuned on the validation split, in model.json).")
     if ev.get("loss") is not None:
         head += f" {split} loss {float(ev['loss']):.4f}."
     blocks: list = [("p", head)]
-    if rows:
+    if rows and "threshold" in rows[0]:
+        blocks.append(("table", ["label", "precision", "recall", "F1", "AP", "support", "threshold"],
+                       [[r["class"], f"{r['precision']:.3f}", f"{r['recall']:.3f}", f"{r['f1']:.3f}",
+                         "–" if r.get("ap") is None else f"{r['ap']:.3f}", str(int(r["support"])),
+                         f"{r['threshold']:.3f}"] for r in rows]))
+    elif rows:
         blocks.append(("table", ["class", "precision", "recall", "F1", "support"],
                        [[r["class"], f"{r['precision']:.3f}", f"{r['recall']:.3f}", f"{r['f1']:.3f}",
                          str(int(r["support"]))] for r in rows]))
@@ -126,7 +137,8 @@ def _calibration(run: Mapping) -> tuple | None:
     ev, s = run.get("eval") or {}, run.get("summary") or {}
     found = [f"{k}: {v:.4g}" if isinstance(v, float) else f"{k}: {v}" for src in (ev, s)
              for k, v in src.items() if k in CALIBRATION_KEYS and not isinstance(v, (dict, list))]
-    text = [("ul", found)] if found else [("p", "Not measured for this run: the probabilities are the softmax "
+    kind = "per-label sigmoid" if ev.get("task") == "multilabel" else "softmax"
+    text = [("ul", found)] if found else [("p", f"Not measured for this run: the probabilities are the {kind} "
                                                 "outputs, uncalibrated, and there is no unknown-input threshold.")]
     return ("Calibration and unknown inputs", text)
 

@@ -24,7 +24,11 @@ from .html import page
 
 
 def per_class_rows(run: Mapping) -> list[dict]:
-    """eval.json's per-class metrics, else computed from the validation confusion matrix of the best epoch."""
+    """eval.json's per-class metrics (multi-label: per label, with AP and threshold), else computed from the
+    validation confusion matrix of the best epoch."""
+    per_label = (run.get("eval") or {}).get("per_label")
+    if per_label:
+        return [{"class": r["label"], **r} for r in per_label]
     per_class = (run.get("eval") or {}).get("per_class")
     if per_class:
         return [dict(r) for r in per_class]
@@ -44,10 +48,21 @@ def per_class_rows(run: Mapping) -> list[dict]:
 def _per_class_csv(rows: list[dict]) -> bytes:
     buf = io.StringIO()
     w = csv.writer(buf)
-    w.writerow(["class", "precision", "recall", "f1", "support"])
+    multilabel = any("threshold" in r for r in rows)
+    w.writerow(["class", "precision", "recall", "f1", "support"] + (["ap", "threshold"] if multilabel else []))
     for r in rows:
-        w.writerow([r["class"], f"{r['precision']:.4f}", f"{r['recall']:.4f}", f"{r['f1']:.4f}", r["support"]])
+        w.writerow([r["class"], f"{r['precision']:.4f}", f"{r['recall']:.4f}", f"{r['f1']:.4f}", r["support"]]
+                   + ([_num(r.get("ap")), f"{r['threshold']:.4f}"] if multilabel else []))
     return buf.getvalue().encode()
+
+
+def _num(x: object) -> str:
+    return "" if x is None else f"{float(x):.4f}"
+
+
+def _multilabel(run: Mapping) -> bool:
+    return (run.get("eval") or {}).get("task") == "multilabel" or (run.get("summary") or {}).get("task") == \
+        "multilabel"
 
 
 def _figures(run: Mapping) -> dict[str, bytes]:
@@ -56,12 +71,15 @@ def _figures(run: Mapping) -> dict[str, bytes]:
     cm, where = doctor.run_confusion(run)
     classes = doctor.run_classes(run)
     mistakes = (run.get("eval") or {}).get("mistakes") or []
+    multilabel = _multilabel(run)
     figs = {
         "curves.png": plots.curves_figure(metrics, s.get("best_epoch")) if metrics
         else plots.placeholder_figure("No metrics.csv: no training curves."),
         "confusion_matrix.png": plots.confusion_figure(cm, classes) if cm and len(cm) == len(classes)
-        else plots.placeholder_figure("No confusion matrix recorded."),
-        "errors.png": plots.errors_figure(mistakes) if run.get("eval")
+        else plots.placeholder_figure("Multi-label: no confusion matrix (see the per-label table)." if multilabel
+                                      else "No confusion matrix recorded."),
+        "errors.png": plots.placeholder_figure("Multi-label: see the false positive / negative galleries.")
+        if multilabel else plots.errors_figure(mistakes) if run.get("eval")
         else plots.placeholder_figure("No eval.json: no mistakes gallery."),
     }
     out = {name: plots.figure_png(fig) for name, fig in figs.items()}
@@ -90,7 +108,9 @@ def write_report(run_dir: str | Path, target_accuracy: float | None = None,
 
 def render_html(run: Mapping, diagnosis: dict, pngs: Mapping[str, bytes], rows: list[dict]) -> str:
     parts = [_header(run, diagnosis), _diagnosis(diagnosis), _curves(run, pngs), _confusion_section(run, pngs),
-             _per_class(rows), _by_group(run), _gallery(run, "mistakes"), _gallery(run, "suspects"), _data(run),
+             _per_label(run, rows) if _multilabel(run) else _per_class(rows), _by_group(run), _gallery(run, "mistakes"),
+             _label_gallery(run, "false_positives"), _label_gallery(run, "false_negatives"), _gallery(run, "suspects"),
+             _data(run),
              _timing(run), _config(run), model_card.to_html(model_card.card_sections(run, diagnosis, rows,
                                                                                     model_card.bundle_meta(run)))]
     title = f"picstory report — {Path(run.get('dir') or 'run').name}"
@@ -144,6 +164,8 @@ def _curves(run: Mapping, pngs: Mapping[str, bytes]) -> str:
 
 
 def _confusion_section(run: Mapping, pngs: Mapping[str, bytes]) -> str:
+    if _multilabel(run):
+        return ""
     _, where = doctor.run_confusion(run)
     note = f"On the {where}. Rows are the true class, columns the prediction." if where else ""
     return f'<section><h2>Confusion matrix</h2><p>{_e(note)}</p>{_img(pngs["confusion_matrix.png"], "confusion")}' \
@@ -163,6 +185,45 @@ def _per_class(rows: list[dict]) -> str:
             f"{macro:.3f})." if weak else f"Macro-average F1 {macro:.3f}; no class stands out as weak.")
     return (f'<section><h2>Per-class metrics</h2><p>{_e(note)}</p><div class="scroll"><table><tr><th>class</th>'
             f'<th>precision</th><th>recall</th><th>F1</th><th>support</th></tr>{body}</table></div></section>')
+
+
+def _per_label(run: Mapping, rows: list[dict]) -> str:
+    """Multi-label: precision / recall / F1 at each label's tuned threshold, AP, support; the set-level figures."""
+    if not rows:
+        return ""
+    ev = run.get("eval") or {}
+    body = "".join(
+        f'<tr class="{"weak" if r["f1"] < 0.5 else ""}"><td>{_e(r["class"])}</td><td>{r["precision"]:.3f}</td>'
+        f'<td>{r["recall"]:.3f}</td><td>{r["f1"]:.3f}</td><td>{_num(r.get("ap"))[:5] or "–"}</td>'
+        f'<td>{int(r["support"])}</td><td>{r["threshold"]:.3f}</td></tr>' for r in rows)
+    mean_ap = ev.get("mAP")
+    note = (f"On the {ev.get('split') or 'evaluated'} split ({ev.get('n', 0)} images): micro-F1 "
+            f"{ev.get('micro_f1', 0):.3f}, macro-F1 {ev.get('macro_f1', 0):.3f}, mAP "
+            f"{'–' if mean_ap is None else f'{mean_ap:.3f}'}, exact match {ev.get('exact_match', 0):.3f}. Each "
+            "label's threshold was tuned on the validation split for the best F1; labels with F1 below 0.5 are "
+            "highlighted.")
+    return (f'<section><h2>Per-label metrics</h2><p>{_e(note)}</p><div class="scroll"><table><tr><th>label</th>'
+            f'<th>precision</th><th>recall</th><th>F1</th><th>AP</th><th>support</th><th>threshold</th></tr>{body}'
+            "</table></div></section>")
+
+
+def _label_gallery(run: Mapping, key: str) -> str:
+    """Multi-label: the most confident false positives (label predicted, not true) or false negatives."""
+    items = (run.get("eval") or {}).get(key) or []
+    if not items:
+        return ""
+    if key == "false_positives":
+        title = "Most confident false positives"
+        intro = "A label the image does not have, predicted with the highest probability."
+    else:
+        title, intro = "Most confident false negatives", "A label the image has, given the lowest probability."
+    tiles = "".join(
+        f'<div class="tile" title="{_e(m.get("path", ""))}">{_thumb(m.get("thumb"))}'
+        f'<div>{_e(m["label"])}: <b>{_pct(m.get("prob"))}</b> (threshold {float(m["threshold"]):.2f})</div>'
+        f'<div class="p">true: {_e(", ".join(m.get("true") or []) or "none")}</div>'
+        f'<div class="p">pred: {_e(", ".join(m.get("pred") or []) or "none")}</div>'
+        f'<div class="path">{_e(m.get("path", ""))}</div></div>' for m in items)
+    return f'<section><h2>{title}</h2><p>{_e(intro)}</p><div class="gallery">{tiles}</div></section>'
 
 
 def _by_group(run: Mapping) -> str:

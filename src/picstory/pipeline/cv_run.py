@@ -24,7 +24,7 @@ import numpy as np
 from .. import config as C
 from ..data import sources
 from ..data.split import fold_assignment
-from ..errors import UserError
+from ..errors import ConfigError, UserError
 from ..evaluation.metrics import summarize
 from ..files import atomic_write, read_json
 from ..runs import RunDir, create_run_dir, refuse_inside, slug
@@ -57,6 +57,9 @@ def cross_validate(user: dict, progress: bool = True, command: str = "", callbac
     source = sources.resolve(user["data"], **C.label_file_options(user))
     cfg = training_run.resolve_config(user, source)
     d = cfg.data
+    if source.multilabel:
+        raise ConfigError(f"--folds {d.folds}: cross-validation of multi-label data is not supported; train "
+                          "without --folds")
     fold_assignment(source.records, d.folds, d.test_fraction, cfg.train.seed)  # too few images: fail before a run
     if source.kind in ("folder", "filenames"):
         refuse_inside(cfg.run.out, source.root)

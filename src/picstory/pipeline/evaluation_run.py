@@ -26,12 +26,13 @@ def evaluate_run(run: str | Path, data: str | None = None, tta: str = EVAL.tta, 
                  allow_outside: bool = EVAL.allow_outside) -> dict:
     """Metrics of the run's best bundle on its test split, or on ``data`` (label-file columns: the run's unless
     given); per-group metrics for ``report_by`` (default: the run's --report-by, else its --group-col)."""
-    from ..models.bundle import load_bundle
+    from ..models.bundle import is_multilabel, load_bundle
 
     run_dir = find_run(run)
     model, meta = load_bundle(RunDir(run_dir).bundle, device=device)
     model = model.to(memory_format=torch.channels_last)
     classes = meta["classes"]
+    multilabel = is_multilabel(meta)
     mean, std = meta["mean"], meta["std"]
     dcfg = _run_data_config(run_dir)
     given = {"path_col": path_col, "label_col": label_col, "group_col": group_col, "weight_col": weight_col,
@@ -44,7 +45,13 @@ def evaluate_run(run: str | Path, data: str | None = None, tta: str = EVAL.tta, 
     if not len(labels):
         return {}
     weights = test.weights.numpy() if test.weights is not None else None
-    probs = predict_images(model, images, mean, std, tta=tta, device=device)
+    probs = predict_images(model, images, mean, std, tta=tta, device=device, multilabel=multilabel)
+    if multilabel:
+        if report_by:  # asked for explicitly: say why it is absent rather than drop it silently
+            print(f"note: --report-by {report_by}: per-group metrics are single-label; skipped for this multi-label "
+                  "model", file=sys.stderr)
+        return _write_eval(run_dir, data, _multilabel_result(probs, test, meta, name, data, tta, weights),
+                           write_report, summary)
     result = {"split": name, "data": data or meta.get("data", ""), "tta": tta,
               **summarize(probs, labels, classes, weights),
               "mistakes": confident_mistakes(probs, labels, images, paths, classes)}
@@ -59,8 +66,11 @@ def evaluate_run(run: str | Path, data: str | None = None, tta: str = EVAL.tta, 
         tprobs = predict_images(model, train.images[sel], mean, std, device=device)
         result["suspects"] = suspects(tprobs, train.labels.numpy()[sel], train.images[sel],
                                       [train.paths[i] for i in sel], classes)
-    out = RunDir(run_dir).eval(data)
-    atomic_write(out, json.dumps(result, indent=1))
+    return _write_eval(run_dir, data, result, write_report, summary)
+
+
+def _write_eval(run_dir: Path, data: str | None, result: dict, write_report: bool, summary: dict | None) -> dict:
+    atomic_write(RunDir(run_dir).eval(data), json.dumps(result, indent=1))
     if write_report and data is None:
         finalize_report(run_dir, summary or read_json(RunDir(run_dir).summary))
     return result
@@ -126,6 +136,31 @@ def explain_mistakes(mistakes: list[dict], probs: np.ndarray, labels: np.ndarray
     for m, row, sim in zip(mistakes, idx, sims):
         m["neighbours"] = [{"path": bank["paths"][j], "label": bank["labels"][j], "similarity": round(float(s), 4),
                             "thumb": thumb(train.images[j].cpu().permute(1, 2, 0).numpy())} for j, s in zip(row, sim)]
+def _multilabel_result(probs: np.ndarray, test, meta: dict, name: str, data: str | None, tta: str,
+                       weights: np.ndarray | None) -> dict:
+    """Multi-label metrics at the bundle's thresholds; per-group metrics and suspects are single-label analyses."""
+    from ..evaluation.multilabel import confident_errors, summarize_multilabel
+    from ..models.bundle import thresholds
+
+    thr, targets = thresholds(meta), test.labels.numpy()
+    return {"split": name, "data": data or meta.get("data", ""), "tta": tta,
+            **summarize_multilabel(probs, targets, meta["classes"], thr, weights),
+            **confident_errors(probs, targets, test.images, test.paths, meta["classes"], thr)}
+
+
+def tune_thresholds(run: str | Path, td, device: str = "cpu") -> dict[str, float]:
+    """Multi-label: each label's F1-best threshold on the validation split, written into the bundle's model.json."""
+    from ..evaluation.multilabel import tune_thresholds as tune
+    from ..models.bundle import load_bundle, update_meta
+
+    bundle = RunDir(find_run(run)).bundle
+    model, meta = load_bundle(bundle, device=device)
+    val = td.splits["val"]
+    probs = predict_images(model.to(memory_format=torch.channels_last), val.images, meta["mean"], meta["std"],
+                           device=device, multilabel=True)
+    tuned = dict(zip(meta["classes"], tune(probs, val.labels.numpy())))
+    update_meta(bundle, thresholds=tuned, thresholds_from=f"validation split ({len(val.labels)} images), best F1")
+    return tuned
 
 
 def test_images(run: str | Path, limit: int = 64) -> torch.Tensor:
@@ -180,6 +215,8 @@ def _load_eval_data(run_dir: Path, meta: dict, data: str | None, progress: bool,
     dcfg = _run_data_config(run_dir)
     spec = data or dcfg.get("data") or meta.get("data")
     opts = _label_options(dcfg, data, options or {})
+    if meta.get("task") == "multilabel" and Path(spec).suffix.lower() in (".csv", ".tsv", ".txt"):
+        opts["multi_label"] = True  # another file of single labels is still scored label by label
     source = resolve(spec, **opts)
     classes = meta["classes"]
     unknown = sorted(set(source.classes) - set(classes))
@@ -209,6 +246,7 @@ def _decode(source, ids: list[int], meta: dict, progress: bool, weighted: bool =
     from ..training.setup import Split
 
     index = {c: i for i, c in enumerate(meta["classes"])}
+    multilabel = meta.get("task") == "multilabel"
     cached = load_images(source, ids, meta["img_size"], meta["in_chans"], meta.get("fit", "crop"), progress=progress)
     ok = [j for j in range(len(ids)) if cached.ok[j]]
     if cached.bad:
@@ -216,8 +254,9 @@ def _decode(source, ids: list[int], meta: dict, progress: bool, weighted: bool =
     arr = np.ascontiguousarray(cached.images[ok]) if ok else np.zeros((0, 1, 1, 1), np.uint8)
     recs = [source.records[ids[j]] for j in ok]
     weights = torch.tensor([r.weight for r in recs], dtype=torch.float32) if weighted else None
-    split = Split(torch.from_numpy(arr).permute(0, 3, 1, 2),
-                  torch.tensor([index[r.label] for r in recs], dtype=torch.long),
+    labels = (torch.from_numpy(source.targets(recs, meta["classes"])) if multilabel
+              else torch.tensor([index[r.label] for r in recs], dtype=torch.long))
+    split = Split(torch.from_numpy(arr).permute(0, 3, 1, 2), labels,
                   [source.display_path(r) for r in recs], weights, recs)
     return split, [ids[j] for j in ok]
 

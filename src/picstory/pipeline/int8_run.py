@@ -25,8 +25,12 @@ def export_int8_run(run: str | Path, calibration_images: int = EXPORT.calibratio
                     require_faster: bool = EXPORT.require_faster, verbose: bool = True) -> dict:
     """Quantize the run's model to int8 and keep it only when the gate passes (see deploy/quantize.py)."""
     from ..deploy.quantize import export_int8
+    from ..models.bundle import is_multilabel, read_meta
 
     run_dir = find_run(run)
+    if is_multilabel(read_meta(RunDir(run_dir).bundle)):
+        raise UserError(f"{run_dir}: the int8 export's gate compares top-1 classes, which a multi-label model does "
+                        "not have; export it with --format onnx")
     calib, images, labels, split = run_images(run_dir, calibration_images)
     if split != "test" and verbose:
         print(f"{run_dir}: the run has no test split; the int8 gate uses its {len(labels)} validation images",

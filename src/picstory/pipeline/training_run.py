@@ -39,7 +39,7 @@ from ..training.distributed import (
 from ..training.engine import Learner
 from ..training.optim import build_optimizer, make_schedule, param_groups
 from ..training.presets import fit_batch_size, photo_size, preset_values
-from ..training.setup import TrainData, load_train_data
+from ..training.setup import TrainData, check_multilabel_config, load_train_data
 
 
 @dataclass
@@ -75,6 +75,8 @@ def resolve_config(user: dict, source: sources.Source) -> C.Config:
     if model == "auto":
         model = values["model"]
     extra = {"model": model}
+    if source.multilabel:  # config.yaml says so whatever made the data multi-label (cells, --label-cols, JSON)
+        extra["multi_label"] = True
     if resolved.data.label_map:  # a YAML map file is written out in full, so config.yaml alone replays the run
         extra["label_map"] = format_label_map(parse_label_map(resolved.data.label_map))
     if resolved.model.freeze_epochs < 0:
@@ -112,6 +114,8 @@ def train(data: str | None = None, *, config: str | Path | C.Config | None = Non
     user = user_config(data, config, overrides)
     source = sources.resolve(user["data"], **C.label_file_options(user))
     cfg = resolve_config(user, source)
+    if source.multilabel:  # before a run directory exists: a refused option leaves nothing behind
+        check_multilabel_config(cfg)
     for flag, column in (("--stratify-col", cfg.data.stratify_col), ("--report-by", cfg.data.report_by)):
         if column:  # before any training: a misspelt column must not cost a run
             check_column(source, flag, column)
@@ -376,7 +380,7 @@ def _build_learner(cfg: C.Config, td: TrainData, device, autocast, dist: Dist, r
                       lr=lr, schedule=schedule, epochs=t.epochs, num_classes=len(td.classes),
                       loss_weight=td.loss_weight, label_smoothing=t.label_smoothing, grad_clip=t.grad_clip,
                       autocast_dtype=autocast, device=device, callbacks=callbacks, eval_model=eval_model,
-                      is_main=dist.is_main)
+                      is_main=dist.is_main, multilabel=td.multilabel, pos_weight=td.pos_weight)
     callbacks.append(cbs.LastCheckpoint(RunDir(run_dir).last_checkpoint, lambda: {
         "classes": td.classes, "config": C.dump_yaml(cfg), "train_seconds": learner.train_seconds(),
         "world_size": dist.world_size}))
@@ -438,9 +442,15 @@ def _finish(run_dir: Path, cfg: C.Config, td: TrainData, learner: Learner, train
     if best_cb.best_epoch:
         row = learner.history[best_cb.best_epoch - 1]
         summary["val_accuracy"] = row["val_acc"]
+        if td.multilabel:
+            from .evaluation_run import tune_thresholds
+
+            summary.update(task="multilabel", thresholds=tune_thresholds(run_dir, td, device=str(device)))
         result = evaluate_run(run_dir, td=td, tta=cfg.eval.tta, write_report=False, summary=summary,
                               device=str(device))
         summary["test_accuracy"] = result.get("accuracy")
+        for key in ("micro_f1", "macro_f1", "mAP") if td.multilabel else ():
+            summary[f"test_{key}"] = result.get(key)
     else:
         summary["test_accuracy"] = None
     atomic_write(RunDir(run_dir).summary, json.dumps(summary, indent=1))

@@ -71,6 +71,8 @@ class Learner:
     callbacks: list[Callback] = field(default_factory=list)
     eval_model: nn.Module | None = None  # e.g. the EMA copy; defaults to model
     is_main: bool = True  # rank 0 writes; every rank runs the same events
+    multilabel: bool = False  # y is N×K multi-hot: sigmoid + BCE, accuracy = every label right (exact match)
+    pos_weight: torch.Tensor | None = None  # multi-label: BCE weight of each label's positives
     # state
     epoch: int = 0  # epochs completed
     step: int = 0
@@ -100,12 +102,24 @@ class Learner:
         return torch.autocast(self.device.type, dtype=self.autocast_dtype)
 
     def loss_fn(self, logits: torch.Tensor, y: torch.Tensor, w: torch.Tensor | None = None) -> torch.Tensor:
+        if self.multilabel:
+            return self.bce(logits, y, w, self.label_smoothing)
         if w is None:
             return F.cross_entropy(logits.float(), y, weight=self.loss_weight, label_smoothing=self.label_smoothing)
         # per-sample weights (--weight-col): a weighted mean, so the loss keeps its scale whatever the weights' unit
         each = F.cross_entropy(logits.float(), y, weight=self.loss_weight, label_smoothing=self.label_smoothing,
                                reduction="none")
         return (each * w).sum() / w.sum().clamp(min=1e-12)
+
+    def bce(self, logits: torch.Tensor, y: torch.Tensor, w: torch.Tensor | None = None, smoothing: float = 0.0,
+            reduction: str = "mean") -> torch.Tensor:
+        """Binary cross-entropy per label, averaged over labels; label smoothing pulls each target towards 0.5."""
+        y = y.float() * (1 - smoothing) + smoothing / 2
+        each = F.binary_cross_entropy_with_logits(logits.float(), y, pos_weight=self.pos_weight,
+                                                  reduction="none").mean(1)
+        if w is not None:
+            return (each * w).sum() / w.sum().clamp(min=1e-12)
+        return each.sum() if reduction == "sum" else each.mean()
 
     def fit(self) -> None:
         self.emit("on_fit_start")
@@ -146,9 +160,12 @@ class Learner:
                 nn.utils.clip_grad_norm_(model.parameters(), self.grad_clip)
             opt.step()
             self.step += 1
-            hard = y if y.ndim == 1 else y.argmax(1)
             loss_sum += loss.detach() * len(y)
-            correct += (logits.detach().argmax(1) == hard).sum()
+            if self.multilabel:
+                correct += ((logits.detach() > 0) == (y > 0.5)).all(1).sum()
+            else:
+                hard = y if y.ndim == 1 else y.argmax(1)
+                correct += (logits.detach().argmax(1) == hard).sum()
             seen += len(y)
             self.batch_loss = loss.detach()
             self.emit("on_batch_end")
@@ -167,6 +184,8 @@ class Learner:
         loss_sum = torch.zeros((), device=self.device)
         n = 0
         self.val_batches.size = self.train_batches.size
+        if self.multilabel:
+            return self._validate_multilabel(model)
         for x, y, *_ in self.val_batches:
             with self.autocast():
                 logits = model(x)
@@ -178,6 +197,19 @@ class Learner:
         total = int(confusion.sum())
         return {"val_loss": _reduce_mean(loss_sum, n), "val_acc": float(confusion.diag().sum()) / max(total, 1),
                 "confusion": confusion.cpu().tolist()}
+
+    def _validate_multilabel(self, model: nn.Module) -> dict:
+        """Validation loss (unsmoothed BCE) and exact-match ratio at the 0.5 threshold; no confusion matrix."""
+        loss_sum = torch.zeros((), device=self.device)
+        exact = torch.zeros((), device=self.device)
+        n = 0
+        for x, y, *_ in self.val_batches:
+            with self.autocast():
+                logits = model(x)
+            loss_sum += self.bce(logits, y, reduction="sum")
+            exact += ((logits > 0) == (y > 0.5)).all(1).sum()
+            n += len(y)
+        return {"val_loss": _reduce_mean(loss_sum, n), "val_acc": _reduce_mean(exact, n), "confusion": []}
 
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "step": self.step, "lr": self.lr, "history": self.history,

@@ -135,7 +135,8 @@ def _range_test(cfg: C.Config, td, device, autocast, steps: int, start_lr: float
         epochs=10**9,  # as many passes as the steps need (a small training set is seen more than once, as fastai)
         num_classes=len(td.classes), loss_weight=td.loss_weight, label_smoothing=t.label_smoothing,
         grad_clip=t.grad_clip,  # the test must see the optimiser training will use, clipping included
-        autocast_dtype=autocast, device=device, callbacks=[recorder])
+        autocast_dtype=autocast, device=device, callbacks=[recorder],
+        multilabel=getattr(td, "multilabel", False), pos_weight=getattr(td, "pos_weight", None))
     learner.fit()
     return recorder.lrs, recorder.losses, learner.stop_reason
 

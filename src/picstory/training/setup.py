@@ -22,7 +22,7 @@ from .distributed import Dist, barrier, eval_shard, local_batch_size
 @dataclass
 class Split:
     images: torch.Tensor  # uint8 N×C×H×W (channels_last storage), on CPU
-    labels: torch.Tensor  # int64 N
+    labels: torch.Tensor  # int64 N; multi-label: float32 N×K multi-hot
     paths: list[str]
     weights: torch.Tensor | None = None  # float32 N, --weight-col (None: every image weighs 1)
     records: list = field(default_factory=list)  # the Record of each image: group and columns for per-group metrics
@@ -42,6 +42,8 @@ class TrainData:
     data_summary: dict
     params: int
     save_bundle: Callable = field(repr=False, default=None)
+    multilabel: bool = False
+    pos_weight: torch.Tensor | None = None  # multi-label --pos-weight balanced: negatives / positives per label
 
     @property
     def n_train(self) -> int:
@@ -53,6 +55,8 @@ def load_train_data(cfg: C.Config, source: Source, splits: dict[str, list[int]],
     from ..data.batches import BatchIterator, compute_mean_std
 
     classes = source.classes
+    if source.multilabel:
+        check_multilabel_config(cfg)
     parts, bad = _load_splits(cfg, source, splits, dist, progress)
     if not len(parts["val"].labels):
         raise ConfigError("the validation split is empty: set --val-fraction above 0 or add a val/ folder")
@@ -64,8 +68,10 @@ def load_train_data(cfg: C.Config, source: Source, splits: dict[str, list[int]],
         mean, std = compute_mean_std(parts["train"].images)
     t = cfg.train
     train, val = parts["train"], parts["val"]
-    counts = torch.bincount(train.labels, minlength=len(classes)).float()
-    loss_weight = None
+    counts = _label_counts(train.labels, len(classes))
+    loss_weight, pos_weight = None, None
+    if source.multilabel and t.pos_weight == "balanced":
+        pos_weight = ((len(train.labels) - counts) / counts.clamp(min=1)).clamp(min=1e-3).to(device)
     if train.weights is not None and float(train.weights.sum()) <= 0:
         raise ConfigError(f"--weight-col {cfg.data.weight_col}: every training weight is 0; nothing would be learnt")
     if t.class_weights == "auto":
@@ -89,9 +95,30 @@ def load_train_data(cfg: C.Config, source: Source, splits: dict[str, list[int]],
     td = TrainData(classes=classes, splits=parts, model=model, pretrained=pretrained, mean=mean, std=std,
                    train_batches=train_batches, val_batches=val_batches, loss_weight=loss_weight,
                    data_summary=_data_summary(source, classes, parts, bad),
-                   params=sum(p.numel() for p in model.parameters()))
+                   params=sum(p.numel() for p in model.parameters()), multilabel=source.multilabel,
+                   pos_weight=pos_weight)
     td.save_bundle = _bundle_saver(cfg, source, td)
     return td
+
+
+def check_multilabel_config(cfg: C.Config) -> None:
+    """Options that only mean something for one label per image are refused for multi-label data, in one line."""
+    t = cfg.train
+    for flag, on in (("--class-weights auto", t.class_weights == "auto"),
+                     ("--balanced-sampling", t.balanced_sampling)):
+        if on:
+            raise ConfigError(f"{flag} balances one label per image; multi-label data uses --pos-weight balanced "
+                              "instead")
+    if cfg.data.folds:
+        raise ConfigError(f"--folds {cfg.data.folds}: cross-validation of multi-label data is not supported; "
+                          "train without --folds")
+
+
+def _label_counts(labels: torch.Tensor, k: int) -> torch.Tensor:
+    """Images per class (multi-label: images carrying each label)."""
+    if labels.dim() == 2:
+        return labels.sum(0).float()
+    return torch.bincount(labels, minlength=k).float()
 
 
 def _load_splits(cfg: C.Config, source: Source, splits: dict[str, list[int]], dist: Dist,
@@ -127,8 +154,9 @@ def _load_splits(cfg: C.Config, source: Source, splits: dict[str, list[int]], di
         rows = np.array([row_of[i] for i in idx], dtype=np.int64)
         arr = np.ascontiguousarray(cached.images[rows]) if len(rows) else np.zeros((0, size, size, 1), np.uint8)
         images = torch.from_numpy(arr).permute(0, 3, 1, 2)  # NHWC storage = channels_last NCHW view
-        labels = torch.tensor([index[source.records[i].label] for i in idx], dtype=torch.long)
         recs = [source.records[i] for i in idx]
+        labels = (torch.from_numpy(source.targets(recs, source.classes)) if source.multilabel else
+                  torch.tensor([index[r.label] for r in recs], dtype=torch.long))
         weights = torch.tensor([r.weight for r in recs], dtype=torch.float32) if cfg.data.weight_col else None
         parts[name] = Split(images, labels, [source.display_path(r) for r in recs], weights, recs)
     return parts, bad
@@ -204,8 +232,8 @@ def _maybe_to_device(images: torch.Tensor, device: torch.device) -> torch.Tensor
 def _data_summary(source: Source, classes: list[str], parts: dict[str, Split], bad: list) -> dict:
     counts = {name: {c: 0 for c in classes} for name in parts}
     for name, part in parts.items():
-        for i, n in enumerate(torch.bincount(part.labels, minlength=len(classes)).tolist()):
-            counts[name][classes[i]] = n
+        for i, n in enumerate(_label_counts(part.labels, len(classes)).tolist()):
+            counts[name][classes[i]] = int(n)
     train_counts = [n for n in counts["train"].values() if n]
     return {"spec": source.spec, "kind": source.kind, "class_counts": counts,
             "bad_files": [{"path": p, "reason": r} for p, r in bad],
@@ -243,6 +271,8 @@ def _bundle_saver(cfg: C.Config, source: Source, td: TrainData) -> Callable:
             "num_classes": len(td.classes), "classes": td.classes, "in_chans": int(cfg.data.channels),
             "img_size": final_size, "fit": cfg.data.fit, "mean": list(td.mean), "std": list(td.std),
             "data": cfg.data.data, "data_fingerprint": source.fingerprint()}
+    if source.multilabel:  # sigmoid outputs, one independent yes/no per label; thresholds come after training
+        meta["task"] = "multilabel"
     if source.label_map:  # label value in the file → class the model predicts
         meta["label_map"] = dict(source.label_map)
 
