@@ -26,11 +26,12 @@ def views(x: torch.Tensor, mode: str) -> list[torch.Tensor]:
 
 
 @torch.inference_mode()
-def predict_proba(model: torch.nn.Module, x: torch.Tensor, tta: str = "none") -> torch.Tensor:
-    """Softmax probabilities (N, K) averaged over the TTA views, in fp32."""
+def predict_proba(model: torch.nn.Module, x: torch.Tensor, tta: str = "none", temperature: float = 1.0) -> torch.Tensor:
+    """Softmax probabilities (N, K) of logits / ``temperature`` (the bundle's calibration), averaged over the TTA
+    views, in fp32: each view is calibrated before the average, as the exported graph does."""
     probs = None
     vs = views(x, tta)
     for v in vs:
-        p = torch.softmax(model(v.contiguous(memory_format=torch.channels_last)).float(), dim=1)
+        p = torch.softmax(model(v.contiguous(memory_format=torch.channels_last)).float() / temperature, dim=1)
         probs = p if probs is None else probs + p
     return probs / len(vs)
