@@ -108,7 +108,8 @@ def cmd_predict(args: argparse.Namespace, argv: list[str]) -> int:
     from .deploy.predict import expand_inputs, format_predictions, load
 
     predictor = load(args.target, backend=args.backend)
-    results = predictor.predict(expand_inputs(args.images), top_k=args.top_k, tta=args.tta)
+    results = predictor.predict(expand_inputs(args.images), top_k=args.top_k, tta=args.tta,
+                                min_confidence=args.min_confidence)
     print(format_predictions(results, args.format, args.top_k))
     return 1 if any(r.get("error") for r in results) else 0
 
@@ -194,6 +195,11 @@ def cmd_monitor(args: argparse.Namespace, argv: list[str]) -> int:
     drift = r.get("drift", {})
     print(f"{r['predictions']} predictions; drift PSI {drift.get('psi', float('nan')):.3f} "
           f"({drift.get('level', 'unknown')})")
+    u = r.get("unknown") or {}
+    if u.get("decided"):
+        print(f"unknown answers: {u['unknown']} of {u['decided']} ({u['share']:.1%}), first half "
+              f"{u['early_share'] or 0:.1%} → second half {u['late_share'] or 0:.1%}"
+              + (" — rising: the inputs drift from the training images" if u["rising"] else ""))
     for path in r.get("files", []):
         print(f"report: {path}")
     return 0

@@ -49,6 +49,8 @@ class PredictOptions:
     format: str = opt("table", "output format", choices=TABLE_FORMATS)
     tta: str = opt("none", "test-time augmentation", choices=TTA_MODES)
     backend: str = opt("torch", "inference engine", choices=BACKENDS)
+    min_confidence: str = opt("", "answer unknown below this calibrated probability: 0.8, or per class "
+                                  "shirt=0.9,coat=0.7 (none: only the bundle's unknown threshold)")
 
 
 @dataclass(frozen=True)

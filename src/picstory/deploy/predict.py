@@ -32,10 +32,12 @@ from ..data.batches import normalize
 from ..data.decode import DecodeError
 from ..data.sources import IMAGE_EXTS
 from ..errors import UserError
+from ..evaluation.calibration import bundle_temperature
 from ..models.bundle import PREPROCESSING, find_bundle, load_bundle
 from ..options import PREDICT
 from .export import onnx_session, run_onnx
 from .preprocess import preprocess
+from .unknown import note_uncalibrated, parse_min_confidence, scored_predictions, unknown_rule
 
 PRETRAINED_CROP_PCT = 0.875
 
@@ -65,6 +67,8 @@ class Predictor:
         self.bundle_dir = bundle_dir
         self._mean = tuple(meta["mean"])
         self._std = tuple(meta["std"])
+        self.temperature = bundle_temperature(meta)  # None: a bundle from before calibration (uncalibrated)
+        self.unknown = unknown_rule(self)
 
     def __repr__(self) -> str:
         return f"Predictor({self.source!r}, backend={self.backend}, classes={len(self.classes)})"
@@ -74,8 +78,8 @@ class Predictor:
         from ..evaluation import tta as tta_mod
 
         x = normalize(x_uint8.to(self.device), self._mean, self._std)
-        if self.model is not None:
-            return tta_mod.predict_proba(self.model, x, tta).cpu().numpy()
+        if self.model is not None:  # an exported graph has the temperature baked in; the torch model does not
+            return tta_mod.predict_proba(self.model, x, tta, self.temperature or 1.0).cpu().numpy()
         views = tta_mod.views(x, tta)
         probs = sum(self._run_session(v) for v in views)
         return (probs / len(views)).astype(np.float32)
@@ -86,21 +90,29 @@ class Predictor:
             return np.concatenate([run_onnx(self.session, x[i:i + 1]) for i in range(x.shape[0])])
         return run_onnx(self.session, x)
 
+    def predict_scored(self, x_uint8: torch.Tensor, tta: str = "none", min_confidence=None) -> list[tuple]:
+        """(probabilities, verdict) per image: the verdict's ``label`` is None and ``unknown`` True when the
+        out-of-distribution score passes the bundle's threshold or the confidence is below ``min_confidence``."""
+        return scored_predictions(self, x_uint8, tta, min_confidence)
+
     def predict(self, inputs: Sequence[Any], top_k: int = PREDICT.top_k, tta: str = PREDICT.tta,
-                batch_size: int = 64) -> list[dict]:
-        """One result per input, in order: ``{"input", "predictions": [{"label", "probability"}], "error"}``."""
+                batch_size: int = 64, min_confidence: Any = PREDICT.min_confidence) -> list[dict]:
+        """One result per input, in order: ``{"input", "label", "unknown", "predictions": [{"label",
+        "probability"}], "error"}`` (with ``ood_score`` when the bundle has an unknown threshold)."""
         if tta not in TTA_MODES:
             raise UserError(f"tta {tta!r}: choose {', '.join(TTA_MODES)}")
+        thresholds = parse_min_confidence(min_confidence, self.classes)  # a bad value fails before any image
         if isinstance(inputs, (str, Path, bytes, Image.Image, np.ndarray)):
             inputs = [inputs]
         k = max(1, min(int(top_k), len(self.classes)))
         results: list[dict] = []
         for start in range(0, len(inputs), max(1, batch_size)):
             chunk = inputs[start:start + batch_size]
-            results.extend(self._predict_chunk(chunk, start, k, tta))
+            results.extend(self._predict_chunk(chunk, start, k, tta, thresholds))
         return results
 
-    def _predict_chunk(self, chunk: Sequence[Any], offset: int, k: int, tta: str) -> list[dict]:
+    def _predict_chunk(self, chunk: Sequence[Any], offset: int, k: int, tta: str,
+                       min_confidence: dict | None = None) -> list[dict]:
         out, tensors, slots = [], [], []
         for i, src in enumerate(chunk):
             entry = {"input": _input_name(src, offset + i), "predictions": [], "error": None}
@@ -113,10 +125,11 @@ class Predictor:
                 entry["error"] = e.strerror or str(e)
             out.append(entry)
         if tensors:
-            probs = self.predict_proba(torch.stack(tensors), tta=tta)
-            top = np.argsort(-probs, axis=1, kind="stable")[:, :k]
-            for entry, p, idx in zip(slots, probs, top):
+            scored = self.predict_scored(torch.stack(tensors), tta, min_confidence)
+            for entry, (p, verdict) in zip(slots, scored):
+                idx = np.argsort(-p, kind="stable")[:k]
                 entry["predictions"] = [{"label": self.classes[j], "probability": float(p[j])} for j in idx]
+                entry.update(verdict)
         return out
 
 
@@ -145,9 +158,9 @@ def load(target: str | Path, device: str = "cpu", backend: str = PREDICT.backend
         session, meta = onnx_session(bundle, fmt=backend)
         predictor = Predictor(meta, session=session, source=str(target), bundle_dir=bundle)
         predictor.backend = backend
-        return predictor
+        return note_uncalibrated(predictor)
     model, meta = load_bundle(bundle, device)
-    return Predictor(meta, model=model, device=device, source=str(target), bundle_dir=bundle)
+    return note_uncalibrated(Predictor(meta, model=model, device=device, source=str(target), bundle_dir=bundle))
 
 
 def _resolve_device(device: str) -> str:
@@ -261,6 +274,8 @@ def _table_rows(results: Sequence[dict]) -> list[tuple[str, str, str, str]]:
     for r in results:
         if r.get("error"):
             rows.append((r["input"], "-", f"error: {r['error']}", "-"))
+        if r.get("unknown"):
+            rows.append((r["input"], "-", f"unknown: {r.get('unknown_reason', '')}", "-"))
         for rank, p in enumerate(r["predictions"], 1):
             rows.append((r["input"], str(rank), p["label"], f"{p['probability']:.4f}"))
     return rows

@@ -129,10 +129,10 @@ def parse_min_confidence(value: str | float | dict | None, classes: list[str]) -
 
 
 class Unknown:
-    """A bundle's unknown-input rule: the stored score, its threshold, and the user's minimum confidences."""
+    """A bundle's unknown-input rule: the stored score and its threshold, plus the user's minimum confidences."""
 
     def __init__(self, record: dict | None, bank: torch.Tensor | None, temperature: float,
-                 min_confidence: dict[str, float] | None = None, features_available: bool = True):
+                 features_available: bool = True):
         record = record or {}
         self.thresholds = dict(record.get("thresholds") or {})
         self.score = record.get("score") if record.get("score") in self.thresholds else None
@@ -142,11 +142,6 @@ class Unknown:
         self.k = int(record.get("k", KNN_K))
         self.bank = bank
         self.temperature = temperature
-        self.min_confidence = min_confidence or {}
-
-    @property
-    def active(self) -> bool:
-        return self.score is not None or bool(self.min_confidence)
 
     def scores(self, logits: np.ndarray | None, features: np.ndarray | None, probs: np.ndarray) -> np.ndarray | None:
         if self.score is None:
@@ -157,8 +152,10 @@ class Unknown:
             return energy_score(logits)
         return knn_score(features, self.bank, self.k)
 
-    def verdicts(self, probs: np.ndarray, classes: list[str], scores: np.ndarray | None) -> list[dict]:
+    def verdicts(self, probs: np.ndarray, classes: list[str], scores: np.ndarray | None,
+                 min_confidence: dict[str, float] | None = None) -> list[dict]:
         """Per image: ``label`` (None when unknown), ``unknown``, and the score with its threshold."""
+        min_confidence = min_confidence or {}
         out = []
         for i, p in enumerate(probs):
             top = int(p.argmax())
@@ -169,7 +166,7 @@ class Unknown:
                 row.update(ood_score=float(scores[i]), ood_threshold=float(limit), ood_method=self.score)
                 if scores[i] > limit:
                     why.append(f"{self.score} score {scores[i]:.3g} > {limit:.3g}")
-            need = self.min_confidence.get(classes[top])
+            need = min_confidence.get(classes[top])
             if need is not None and p[top] < need:
                 why.append(f"confidence {p[top]:.3f} < {need:g}")
             unknown = bool(why)

@@ -68,7 +68,8 @@ def split_confidence(model: torch.nn.Module, meta: dict, bundle: Path, images: t
         out["calibration_note"] = "the bundle predates calibration: uncalibrated probabilities"
     else:
         out["temperature"] = t
-    out["calibration"] = {"before": cal.calibration_metrics(raw, labels), "after": cal.calibration_metrics(probs, labels),
+    out["calibration"] = {"before": cal.calibration_metrics(raw, labels),
+                          "after": cal.calibration_metrics(probs, labels),
                           "reliability_before": cal.reliability(raw, labels),
                           "reliability_after": cal.reliability(probs, labels)}
     correct = probs.argmax(1) == labels
