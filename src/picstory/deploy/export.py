@@ -3,7 +3,8 @@
 Contract of an exported file (also written to ``model.json`` under ``exports``):
 - input ``input``: float32 N×C×H×W, already normalised — ``(uint8 / 255 - mean) / std`` of the pixels that
   :func:`picstory.deploy.preprocess.preprocess` produces;
-- output ``probabilities``: float32 N×K softmax probabilities (the softmax is part of the exported graph).
+- output ``probabilities``: float32 N×K calibrated softmax probabilities (the division by the bundle's temperature
+  and the softmax are part of the exported graph).
 
 ONNX uses torch's TorchScript-based exporter (``dynamo=False``): it needs no extra packages (the dynamo exporter
 needs onnxscript) and handles the conv/BatchNorm/activation graphs of picstory and timm models. BatchNorm is folded
@@ -31,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import UserError
+from ..evaluation.calibration import bundle_temperature
 from ..files import fsync_dir, public_mode
 from ..models.bundle import find_bundle, load_bundle, read_meta, update_meta
 from ..options import EXPORT
@@ -45,14 +47,16 @@ INPUT_NAME, OUTPUT_NAME = "input", "probabilities"
 
 
 class WithSoftmax(nn.Module):
-    """The exported graph: the classifier followed by softmax, in fp32."""
+    """The exported graph: the classifier, its logits divided by the bundle's calibration temperature, softmax,
+    in fp32 — so every runtime serves the same calibrated probabilities as the torch model."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, temperature: float = 1.0):
         super().__init__()
         self.model = model
+        self.temperature = float(temperature)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(self.model(x).float(), dim=1)
+        return torch.softmax(self.model(x).float() / self.temperature, dim=1)
 
 
 def export(run_or_bundle: str | Path, fmt: str = EXPORT.format, opset: int = EXPORT.opset,
@@ -77,7 +81,8 @@ def export(run_or_bundle: str | Path, fmt: str = EXPORT.format, opset: int = EXP
     tmp = Path(tmp_name)
     try:
         example = torch.zeros(1 if not dynamic_batch else 2, meta["in_chans"], meta["img_size"], meta["img_size"])
-        _write_export(WithSoftmax(model).eval(), example, tmp, fmt, opset, dynamic_batch)
+        _write_export(WithSoftmax(model, bundle_temperature(meta) or 1.0).eval(), example, tmp, fmt, opset,
+                      dynamic_batch)
         parity = check_parity(model, meta, tmp, fmt, images, dynamic_batch)
         if not parity["passed"]:
             raise UserError(f"{final}: parity check failed (max |Δp| {parity['max_abs_diff']:.2e} > "
@@ -163,7 +168,8 @@ def _record(meta: dict, final: Path, sha: str, fmt: str, opset: int, dynamic_bat
                   "layout": "NCHW", "values": "(pixel / 255 - mean) / std, pixels from the bundle's preprocessing"},
         "output": {"name": OUTPUT_NAME, "dtype": "float32", "shape": ["N" if dynamic_batch else 1,
                                                                       meta["num_classes"]],
-                   "values": "softmax probabilities (softmax is part of the graph)"},
+                   "values": "softmax probabilities of logits / temperature (both are part of the graph)"},
+        "temperature": bundle_temperature(meta) or 1.0,
         "parity": parity, "torch_version": torch.__version__,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
@@ -203,7 +209,7 @@ def check_parity(model: nn.Module, meta: dict, path: Path, fmt: str, images: tor
     from ..evaluation.tta import predict_proba
 
     x = normalize(images, tuple(meta["mean"]), tuple(meta["std"])).float()
-    ref = predict_proba(model, x, "none").numpy()
+    ref = predict_proba(model, x, "none", bundle_temperature(meta) or 1.0).numpy()
     if dynamic_batch:
         got = _run_exported(path, fmt, x)
     else:

@@ -68,6 +68,8 @@ def split_confidence(model: torch.nn.Module, meta: dict, bundle: Path, images: t
         out["calibration_note"] = "the bundle predates calibration: uncalibrated probabilities"
     else:
         out["temperature"] = t
+        if (meta.get("calibration") or {}).get("skipped"):
+            out["calibration_note"] = meta["calibration"]["skipped"]
     out["calibration"] = {"before": cal.calibration_metrics(raw, labels),
                           "after": cal.calibration_metrics(probs, labels),
                           "reliability_before": cal.reliability(raw, labels),
