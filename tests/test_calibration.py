@@ -200,6 +200,10 @@ def test_onnx_export_bakes_in_the_temperature(calibrated):
     x = split(4, 5).images
     torch_p, onnx_p = load(run).predict_proba(x), load(run, backend="onnx").predict_proba(x)
     np.testing.assert_allclose(onnx_p, torch_p, atol=1e-5)
+    # the graph's second output carries the features, so the ONNX backend scores unknown inputs the same way
+    by_torch, by_onnx = load(run).predict_scored(x), load(run, backend="onnx").predict_scored(x)
+    assert [v["ood_method"] for _, v in by_onnx] == ["knn"] * len(x)
+    np.testing.assert_allclose([v["ood_score"] for _, v in by_onnx], [v["ood_score"] for _, v in by_torch], atol=1e-4)
     model, meta = load_bundle(run)
     with torch.inference_mode():
         raw = torch.softmax(model((x.float() / 255 - 0.5) / 0.25), 1).numpy()

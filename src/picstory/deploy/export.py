@@ -44,6 +44,7 @@ PARITY_ATOL = 1e-4
 PARITY_MAX_IMAGES = 64
 PARITY_RANDOM_IMAGES = 16
 INPUT_NAME, OUTPUT_NAME = "input", "probabilities"
+FEATURES_NAME = "features"  # ONNX only: the penultimate features, for the nearest-neighbour unknown score
 
 
 class WithSoftmax(nn.Module):
@@ -57,6 +58,16 @@ class WithSoftmax(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.softmax(self.model(x).float() / self.temperature, dim=1)
+
+
+class WithFeatures(WithSoftmax):
+    """The ONNX graph: calibrated probabilities and, as a second output, the head's input features."""
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        from ..models.features import features_and_logits
+
+        features, logits = features_and_logits(self.model, x)
+        return torch.softmax(logits / self.temperature, dim=1), features
 
 
 def export(run_or_bundle: str | Path, fmt: str = EXPORT.format, opset: int = EXPORT.opset,
@@ -81,7 +92,8 @@ def export(run_or_bundle: str | Path, fmt: str = EXPORT.format, opset: int = EXP
     tmp = Path(tmp_name)
     try:
         example = torch.zeros(1 if not dynamic_batch else 2, meta["in_chans"], meta["img_size"], meta["img_size"])
-        _write_export(WithSoftmax(model, bundle_temperature(meta) or 1.0).eval(), example, tmp, fmt, opset,
+        wrapper = WithFeatures if fmt == "onnx" else WithSoftmax
+        _write_export(wrapper(model, bundle_temperature(meta) or 1.0).eval(), example, tmp, fmt, opset,
                       dynamic_batch)
         parity = check_parity(model, meta, tmp, fmt, images, dynamic_batch)
         if not parity["passed"]:
@@ -151,9 +163,10 @@ def _write_export(wrapped: nn.Module, example: torch.Tensor, path: Path, fmt: st
         # the TorchScript-based paths warn that they are superseded; they are the ones that work offline here
         warnings.simplefilter("ignore")
         if fmt == "onnx":
-            axes = {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}} if dynamic_batch else None
+            outputs = [OUTPUT_NAME, FEATURES_NAME] if isinstance(wrapped, WithFeatures) else [OUTPUT_NAME]
+            axes = {name: {0: "batch"} for name in [INPUT_NAME, *outputs]} if dynamic_batch else None
             torch.onnx.export(wrapped, (example,), str(path), dynamo=False, opset_version=opset,
-                              input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], dynamic_axes=axes,
+                              input_names=[INPUT_NAME], output_names=outputs, dynamic_axes=axes,
                               do_constant_folding=True)
         else:
             traced = torch.jit.trace(wrapped, example, check_trace=False)
@@ -174,7 +187,9 @@ def _record(meta: dict, final: Path, sha: str, fmt: str, opset: int, dynamic_bat
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     if fmt == "onnx":
-        record.update(opset=opset, exporter="torch.onnx.export (TorchScript-based, dynamo=False)")
+        record.update(opset=opset, exporter="torch.onnx.export (TorchScript-based, dynamo=False)",
+                      features={"name": FEATURES_NAME, "dtype": "float32", "shape": ["N" if dynamic_batch else 1, "D"],
+                                "values": "penultimate features (the head's input), for the kNN unknown score"})
     return record
 
 

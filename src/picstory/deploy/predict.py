@@ -54,14 +54,14 @@ class Predictor:
     """Class probabilities for images. ``backend`` is ``torch`` (``model`` set) or ``onnx`` (``session`` set)."""
 
     def __init__(self, meta: dict, model: torch.nn.Module | None = None, session: Any = None,
-                 device: str = "cpu", source: str = "", bundle_dir: Path | None = None):
+                 device: str = "cpu", source: str = "", bundle_dir: Path | None = None, backend: str | None = None):
         if (model is None) == (session is None):
             raise ValueError("Predictor needs exactly one of model, session")
         self.meta = meta
         self.classes: list[str] = list(meta["classes"])
         self.model = model
         self.session = session
-        self.backend = "torch" if model is not None else "onnx"
+        self.backend = backend or ("torch" if model is not None else "onnx")
         self.device = torch.device(device if model is not None else "cpu")
         self.source = source
         self.bundle_dir = bundle_dir
@@ -156,9 +156,8 @@ def load(target: str | Path, device: str = "cpu", backend: str = PREDICT.backend
         bundle = _pretrained_bundle(name)
     if backend in ("onnx", "onnx-int8", "openvino"):
         session, meta = onnx_session(bundle, fmt=backend)
-        predictor = Predictor(meta, session=session, source=str(target), bundle_dir=bundle)
-        predictor.backend = backend
-        return note_uncalibrated(predictor)
+        return note_uncalibrated(Predictor(meta, session=session, source=str(target), bundle_dir=bundle,
+                                           backend=backend))
     model, meta = load_bundle(bundle, device)
     return note_uncalibrated(Predictor(meta, model=model, device=device, source=str(target), bundle_dir=bundle))
 

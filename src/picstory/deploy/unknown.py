@@ -1,8 +1,9 @@
 """A predictor's calibrated answer or "unknown": the bundle's out-of-distribution rule applied to a batch.
 
 The scoring itself is evaluation/ood.py; here it meets a Predictor (torch model or exported session). The kNN
-score needs penultimate features, which only the torch backend has; an exported model falls back to the
-max-softmax score with its own validation threshold, and says so once.
+score needs penultimate features: the torch model and the ONNX export (its second output) have them; the other
+exported forms (int8, OpenVINO, TorchScript) fall back to the max-softmax score with its own validation threshold,
+and say so once.
 """
 
 from __future__ import annotations
@@ -18,21 +19,37 @@ from ..evaluation.calibration import softmax
 from ..evaluation.ood import Unknown, parse_min_confidence
 from ..models.bundle import read_ood_bank
 from ..models.features import features_and_logits
+from .export import FEATURES_NAME, INPUT_NAME, OUTPUT_NAME
 
 
 def unknown_rule(predictor: Any) -> Unknown:
     """The bundle's rule, its feature bank loaded (checked against model.json) when the rule needs it."""
     meta = predictor.meta
     record = meta.get("ood")
-    torch_backend = predictor.model is not None
+    has_features = predictor.model is not None or _session_features(predictor)
     bank = None
-    if record and record.get("score") == "knn" and torch_backend and predictor.bundle_dir is not None:
+    if record and record.get("score") == "knn" and has_features and predictor.bundle_dir is not None:
         bank = read_ood_bank(predictor.bundle_dir, meta)
-    rule = Unknown(record, bank, predictor.temperature or 1.0, features_available=torch_backend)
+    rule = Unknown(record, bank, predictor.temperature or 1.0, features_available=has_features)
     if record and rule.score != record.get("score"):
         print(f"note: the {predictor.backend} backend has no penultimate features; unknown inputs are found by "
               f"the {rule.score} score instead of {record.get('score')}", file=sys.stderr)
     return rule
+
+
+def _session_features(predictor: Any) -> bool:
+    """An ONNX Runtime session of an export that has the features output (exports since it was added)."""
+    if predictor.backend != "onnx" or not hasattr(predictor.session, "get_outputs"):
+        return False
+    return FEATURES_NAME in [o.name for o in predictor.session.get_outputs()]
+
+
+def _onnx_features(predictor: Any, x: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    arr = np.ascontiguousarray(x.cpu().float().numpy())
+    fixed = not predictor.meta.get("exports", {}).get("onnx", {}).get("dynamic_batch", True)
+    parts = [predictor.session.run([OUTPUT_NAME, FEATURES_NAME], {INPUT_NAME: arr[i:i + 1] if fixed else arr})
+             for i in (range(len(arr)) if fixed else [0])]
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
 def note_uncalibrated(predictor: Any) -> Any:
@@ -51,7 +68,12 @@ def scored_predictions(predictor: Any, x_uint8: torch.Tensor, tta: str = "none",
     rule = predictor.unknown
     thresholds = parse_min_confidence(min_confidence, predictor.classes)
     logits = feats = None
-    if predictor.model is not None and rule.score in ("knn", "energy"):
+    if predictor.model is None and rule.score == "knn":
+        x = normalize(x_uint8, predictor._mean, predictor._std)
+        probs, feats = _onnx_features(predictor, x)
+        if tta != "none":
+            probs = predictor.predict_proba(x_uint8, tta)
+    elif predictor.model is not None and rule.score in ("knn", "energy"):
         x = normalize(x_uint8.to(predictor.device), predictor._mean, predictor._std)
         f, z = features_and_logits(predictor.model, x.contiguous(memory_format=torch.channels_last))
         logits, feats = z.cpu().numpy(), f.cpu().numpy()

@@ -18,8 +18,8 @@ def confidence_figures(run: Mapping) -> dict[str, bytes]:
         out["reliability.png"] = plots.figure_png(plots.reliability_figure(cal["reliability_before"],
                                                                            cal["reliability_after"]))
     if rc.get("coverage"):
-        out["risk_coverage.png"] = plots.figure_png(plots.risk_coverage_figure(rc["coverage"], rc["accuracy"],
-                                                                               ev.get("coverage")))
+        rule = (ev["coverage"], ev.get("accepted_accuracy"), ev.get("unknown_score")) if "coverage" in ev else None
+        out["risk_coverage.png"] = plots.figure_png(plots.risk_coverage_figure(rc["coverage"], rc["accuracy"], rule))
     return out
 
 

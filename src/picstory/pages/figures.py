@@ -229,18 +229,20 @@ def reliability_figure(before: list[dict], after: list[dict]) -> Figure:
     return fig
 
 
-def risk_coverage_figure(coverage: list[float], accuracy: list[float], marked: float | None = None) -> Figure:
-    """Accuracy of the accepted images against the share accepted (most confident first)."""
+def risk_coverage_figure(coverage: list[float], accuracy: list[float],
+                         rule: tuple[float, float, str] | None = None) -> Figure:
+    """Accuracy of the accepted images against the share accepted, most confident first; ``rule`` marks
+    (coverage, accuracy, name) of the bundle's unknown rule, which ranks by its own score."""
     fig = new_figure(5.2, 3.0)
     ax = fig.subplots()
-    ax.plot(coverage, accuracy, color=TRAIN)
-    if marked is not None:
-        ax.axvline(marked, color=BEST, linestyle="--", label=f"unknown threshold: {marked:.0%} accepted")
-        ax.legend(fontsize=8, loc="lower left")
+    ax.plot(coverage, accuracy, color=TRAIN, label="by calibrated confidence")
+    if rule is not None and rule[1] is not None:
+        ax.plot([rule[0]], [rule[1]], "o", color=BEST, markersize=7, label=f"unknown rule ({rule[2]})")
+    ax.legend(fontsize=8, loc="lower left")
     ax.set_xlabel("coverage (share of test images answered)")
     ax.set_ylabel("accuracy of the answered")
-    ax.xaxis.set_major_formatter(PercentFormatter(1.0))
-    ax.yaxis.set_major_formatter(PercentFormatter(1.0))
-    ax.set_xlim(0, 1)
+    ax.xaxis.set_major_formatter(PercentFormatter(1.0, decimals=0))
+    ax.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=1))
+    ax.set_xlim(0, 1.01)
     ax.grid(alpha=0.3)
     return fig
