@@ -311,10 +311,12 @@ def _routes(app: FastAPI, service: _Service, page: str) -> None:
         """One image (field `file` or a raw image/* body) → `{"input", "predictions": [{"label", "probability"}],
         "model": {"name", "sha256"}, "latency_ms"}`; several (`files`) → `{"results": [...], "model", ...}`."""
         start = time.perf_counter()
-        try:
-            thresholds = parse_min_confidence(min_confidence, service.predictor.classes)
-        except UserError as e:
-            raise ApiError(422, "bad_parameter", str(e)) from None
+        thresholds: dict = {}
+        if min_confidence and service.predictor is not None:  # not ready yet: the 503 below answers
+            try:
+                thresholds = parse_min_confidence(min_confidence, service.predictor.classes)
+            except UserError as e:
+                raise ApiError(422, "bad_parameter", str(e)) from None
         with contextlib.ExitStack() as queued:
             with service.upload():
                 body = await _read_body(request, service.max_body_bytes, service.read_timeout)
