@@ -187,7 +187,7 @@ def photos(args, work: Path) -> list[str]:
     if run is None:
         t = time.perf_counter()
         result = picstory.train(str(train), model="efficientnet_lite0", preset="fast", img_size=args.photo_size,
-                                out=str(work / "runs"), name="photos", progress=False)
+                                val_fraction=args.photo_val, out=str(work / "runs"), name="photos", progress=False)
         run = result.path
         print(f"trained {run}: test acc {result.summary['test_accuracy']:.4f} in {time.perf_counter() - t:.0f} s",
               flush=True)
@@ -208,14 +208,16 @@ def main() -> None:
     ap.add_argument("--photo-eval", type=int, default=200, help="held-out and out-of-class photos each")
     ap.add_argument("--photo-size", type=int, default=128, help="photo run's --img-size in px")
     ap.add_argument("--skip-photo", action="store_true")
+    ap.add_argument("--skip-fmnist", action="store_true")
+    ap.add_argument("--photo-val", type=float, default=0.2, help="photo run's --val-fraction (≥ 50 images calibrate)")
     args = ap.parse_args()
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, cpu "
           f"{torch.backends.cpu.get_cpu_capability()}", flush=True)
-    lines = fmnist(args, work)
-    print("\n".join(lines), flush=True)
+    if not args.skip_fmnist:
+        print("\n".join(fmnist(args, work)), flush=True)
     if not args.skip_photo:
         print("\n".join(["", *photos(args, work)]), flush=True)
     print(f"\n{time.perf_counter() - start:.0f} s in all")

@@ -266,3 +266,17 @@ def test_doctor_gives_a_caveat_for_an_accurate_but_miscalibrated_model(tmp_path)
     d = diagnose_loaded(run, target_accuracy=0.9)
     assert d["verdict"] == "ready to deploy"
     assert any(f["title"].startswith("Over-confident: ECE 0.200 → 0.010") for f in d["findings"])
+
+
+def test_small_validation_split_skips_calibration_but_keeps_the_unknown_threshold(calibrated, tmp_path, capsys):
+    import shutil
+
+    run, _ = calibrated
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    fields = calibrate_bundle(copy / "model", split(10, 7), split(20, 8))  # 30 validation images
+    assert "fewer than 50" in fields["calibration"]["skipped"] and fields["calibration"]["temperature"] == 1.0
+    assert "fewer than 50" in capsys.readouterr().err
+    assert fields["ood"]["thresholds"] and load(copy).temperature == 1.0
+    fields = calibrate_bundle(copy / "model", split(3, 7), split(20, 8), progress=False)  # 9: no threshold either
+    assert "ood" not in fields and read_meta(copy / "model")["ood"] is None

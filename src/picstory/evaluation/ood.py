@@ -27,6 +27,7 @@ DEFAULT_SCORE = "knn"
 TARGET_ACCEPT = 0.95
 BANK_ROWS = 4096
 KNN_K = 10
+MIN_THRESHOLD_IMAGES = 20  # validation images needed to place a 95 % threshold at all
 
 
 def msp_score(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:

@@ -26,10 +26,13 @@ def calibrate_bundle(bundle: Path, val, train, device="cpu", seed: int = 0, prog
     labels = val.labels.numpy()
     record = cal.calibrate(logits, labels)
     fields: dict = {"calibration": record}
-    if "skipped" in record:
+    if "skipped" in record and progress:
+        print(f"calibration: {record['skipped']}", file=sys.stderr)
+    if len(labels) < ood.MIN_THRESHOLD_IMAGES:  # a 95 % quantile of a handful of images is no threshold
         if progress:
-            print(f"calibration: {record['skipped']}", file=sys.stderr)
-        update_meta(bundle, **fields)
+            print(f"unknown: the validation split has {len(labels)} images (fewer than {ood.MIN_THRESHOLD_IMAGES});"
+                  " no unknown threshold is stored", file=sys.stderr)
+        update_meta(bundle, **fields, ood=None)  # and none left from an earlier calibration
         return fields
     t = record["temperature"]
     pick = np.arange(len(train.labels))
@@ -46,10 +49,11 @@ def calibrate_bundle(bundle: Path, val, train, device="cpu", seed: int = 0, prog
                               "dtype": "float16", "sha256": sha, "from": "train split, seeded sample, L2-normalised"}}
     update_meta(bundle, **fields)
     if progress:
-        b, a = record["before"], record["after"]
-        print(f"calibration: temperature {t:.3f}, validation ECE {b['ece']:.4f} → {a['ece']:.4f}, NLL "
-              f"{b['nll']:.4f} → {a['nll']:.4f} ({len(labels)} images, {cal.ECE_BINS} equal-width bins); unknown: "
-              f"{ood.DEFAULT_SCORE} score above {thresholds[ood.DEFAULT_SCORE]:.4g} "
+        b, a = record["before"], record.get("after")
+        done = "" if a is None else (f"calibration: temperature {t:.3f}, validation ECE {b['ece']:.4f} → "
+                                     f"{a['ece']:.4f}, NLL {b['nll']:.4f} → {a['nll']:.4f} ({len(labels)} images, "
+                                     f"{cal.ECE_BINS} equal-width bins); ")
+        print(f"{done}unknown: {ood.DEFAULT_SCORE} score above {thresholds[ood.DEFAULT_SCORE]:.4g} "
               f"(accepts {ood.TARGET_ACCEPT:.0%} of validation images)", file=sys.stderr)
     return fields
 
