@@ -67,6 +67,9 @@ def test_ece_reference_values():
 def test_tiny_validation_split_says_it_cannot_calibrate():
     record = cal.calibrate(np.zeros((10, 3)), np.arange(10) % 3)
     assert record["temperature"] == 1.0 and "fewer than" in record["skipped"]
+    perfect = np.eye(3)[np.arange(90) % 3] * 2  # every answer right: the NLL would push T towards 0
+    record = cal.calibrate(perfect, np.arange(90) % 3)
+    assert record["temperature"] == 1.0 and "nothing to calibrate against" in record["skipped"]
 
 
 def test_risk_coverage_and_accepted_accuracy():

@@ -94,6 +94,10 @@ def calibrate(logits: np.ndarray, labels: np.ndarray) -> dict:
     record = {"method": "temperature scaling (LBFGS on validation NLL)", "ece_bins": f"{ECE_BINS} equal-width",
               "images": int(len(labels)), "before": calibration_metrics(softmax(logits), labels)}
     reason = cannot_calibrate(labels)
+    if reason is None and (np.asarray(logits).argmax(1) == labels).all():
+        # with no mistake the NLL keeps falling as T → 0: the fit would make the model as sure as it can be
+        reason = "every validation image is classified right, so there is nothing to calibrate against; " \
+                 "probabilities left uncalibrated — a larger validation split would have mistakes to measure"
     if reason:
         return {**record, "temperature": 1.0, "skipped": reason}
     t = fit_temperature(logits, labels)
