@@ -168,6 +168,10 @@ def test_predict_answers_unknown_for_noise_and_honours_min_confidence(calibrated
     assert sum(r["unknown"] for r in results[:6]) <= 1
     assert sum(r["unknown"] for r in results[6:]) >= 6
     assert all(r["label"] is None for r in results if r["unknown"])
+    from picstory.deploy.predict import format_predictions
+
+    csv_rows = format_predictions(results, "csv", top_k=1).splitlines()
+    assert csv_rows[0].endswith(",unknown") and csv_rows[7].endswith(",1")  # the first noise image
     strict = predictor.predict(known, top_k=1, min_confidence="1.0")
     assert all(r["unknown"] and "confidence" in r["unknown_reason"] for r in strict)
     with pytest.raises(ConfigError, match="not a probability"):

@@ -241,8 +241,9 @@ def format_predictions(results: Sequence[dict], fmt: str = PREDICT.format, top_k
     """Results as ``table`` (rich on a terminal, aligned plain text otherwise), ``json`` or ``csv``, without a
     trailing newline (``print`` adds it).
 
-    json: a list of result dicts (top_k predictions each). csv: ``input,rank,label,probability,error`` with one
-    row per prediction and one row (rank empty) for an input that failed.
+    json: a list of result dicts (top_k predictions each). csv: ``input,rank,label,probability,error,unknown`` with
+    one row per prediction (``unknown`` 1 when the answer is unknown) and one row (rank empty) for an input that
+    failed.
     """
     trimmed = [{**r, "predictions": list(r.get("predictions") or [])[:top_k]} for r in results]
     if fmt == "json":
@@ -250,12 +251,13 @@ def format_predictions(results: Sequence[dict], fmt: str = PREDICT.format, top_k
     if fmt == "csv":
         buf = io.StringIO()
         writer = csv.writer(buf, lineterminator="\n")
-        writer.writerow(["input", "rank", "label", "probability", "error"])
+        writer.writerow(["input", "rank", "label", "probability", "error", "unknown"])
         for r in trimmed:
             if r.get("error"):
-                writer.writerow([r["input"], "", "", "", r["error"]])
+                writer.writerow([r["input"], "", "", "", r["error"], ""])
+            unknown = "" if r.get("unknown") is None else int(bool(r["unknown"]))
             for rank, p in enumerate(r["predictions"], 1):
-                writer.writerow([r["input"], rank, p["label"], f"{p['probability']:.6f}", ""])
+                writer.writerow([r["input"], rank, p["label"], f"{p['probability']:.6f}", "", unknown])
         return buf.getvalue().rstrip("\n")
     if fmt != "table":
         raise UserError(f"format {fmt!r}: choose table, json or csv")
