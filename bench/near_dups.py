@@ -149,6 +149,9 @@ def descriptor_scores(a: dict, b: dict, corr: float, worst: float) -> dict:
             "SSIM 32×32": float(structural_similarity(a["t32"], b["t32"], data_range=255)),
             "correlation 32×32, best centre cut": float(corr),
             "worst 8×8 block, best centre cut": -float(worst),
+            f"{BACKBONE} penultimate cosine ({BACKBONE_PX} px, ImageNet)": float(a["deep"] @ b["deep"]),
+            "picstory rule, then backbone cosine": float(a["deep"] @ b["deep"])
+            if corr >= NEAR_CORRELATION and (a["phash"] != b["phash"]).sum() <= PHASH_RADIUS else -1e9,
             "picstory: pHash ≤ 12 and corr ≥ 0.9, then worst block": -float(worst)
             if corr >= NEAR_CORRELATION and (a["phash"] != b["phash"]).sum() <= PHASH_RADIUS else -1e9}
 
@@ -166,11 +169,30 @@ def best_precision(scores: list[float], labels: list[bool], n_pos: int) -> tuple
     return best
 
 
+BACKBONE, BACKBONE_PX = "efficientnet_lite0", 160
+
+
+def backbone_features(paths: list[Path]) -> np.ndarray:
+    """Unit-length penultimate features of the pretrained ImageNet backbone (offline weights), (N, D)."""
+    import torch
+
+    from picstory.deploy.predict import pretrained_model
+    from picstory.evaluation.neighbours import embed
+
+    model, meta = pretrained_model(BACKBONE)
+    x = torch.from_numpy(np.stack([np.asarray(Image.open(p).convert("RGB").resize((BACKBONE_PX, BACKBONE_PX), BOX))
+                                   for p in paths])).permute(0, 3, 1, 2).contiguous()
+    return embed(model, x, meta["mean"], meta["std"], batch_size=64)
+
+
 def descriptor_table(folder: Path, pos: set) -> dict[str, tuple[float, float]]:
     from picstory.data.audit import HASH_RADIUS, _distances, aligned_scores, inspect_file, normalised
 
     paths = sorted(p for p in folder.rglob("*.png"))
     feats = [features(p) for p in paths]
+    deep = backbone_features(paths)
+    for f, d in zip(feats, deep):
+        f["deep"] = d
     seen = [inspect_file(str(p)) for p in paths]
     hashes = np.array([(s.dhash, *s.crop_hashes) for s in seen], np.uint64)
     r, c = np.nonzero(_distances(hashes, slice(0, len(paths))) <= HASH_RADIUS)  # the audit's candidate rule

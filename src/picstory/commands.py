@@ -115,6 +115,7 @@ def cmd_eval(args: argparse.Namespace, argv: list[str]) -> int:
     print(f"{r['split']} accuracy {r['accuracy']:.4f}{weighted}  {top[:-9].replace('top', 'top-')} "
           f"{r.get(top, float('nan')):.4f}  "
           f"loss {r['loss']:.4f}  ({r['n']} images, tta {r['tta']})")
+    print(confidence_line(r))
     worst = sorted(r["per_class"], key=lambda c: c["f1"])[:3]
     print("weakest classes: " + ", ".join(f"{c['class']} (F1 {c['f1']:.2f})" for c in worst))
     if r.get("by_group"):
@@ -125,12 +126,32 @@ def cmd_eval(args: argparse.Namespace, argv: list[str]) -> int:
     return 0
 
 
+def confidence_line(r: dict) -> str:
+    """eval's calibration and unknown figures, on one or two lines."""
+    cal = r.get("calibration") or {}
+    before = (cal.get("before") or {}).get("ece")
+    if "temperature" in r:
+        text = f"calibration: ECE {r['ece']:.4f} (uncalibrated {before:.4f}, temperature {r['temperature']:.3f}, " \
+               f"{r['ece_bins']} bins)"
+    else:
+        text = f"calibration: none stored (ECE {r['ece']:.4f}, {r.get('calibration_note', '')})"
+    acc = (r.get("risk_coverage") or {}).get("accepted_accuracy") or {}
+    at = ", ".join(f"{float(c):.0%} {a:.4f}" for c, a in acc.items())
+    if "unknown_rate" in r:
+        ok = "–" if r["accepted_accuracy"] is None else f"{r['accepted_accuracy']:.4f}"
+        text += (f"\nunknown: {r['unknown_rate']:.1%} answered unknown ({r['unknown_score']} score > "
+                 f"{r['unknown_threshold']:.4g}); accuracy of the accepted {ok}; at coverage {at}")
+    elif at:
+        text += f"\naccuracy of the most confident: at coverage {at}"
+    return text
+
+
 def cmd_predict(args: argparse.Namespace, argv: list[str]) -> int:
     from .deploy.predict import expand_inputs, format_predictions, load
 
     predictor = load(args.target, backend=args.backend)
     inputs = expand_inputs(args.images)
-    results = predictor.predict(inputs, top_k=args.top_k, tta=args.tta)
+    results = predictor.predict(inputs, top_k=args.top_k, tta=args.tta, min_confidence=args.min_confidence)
     if args.explain:
         from .deploy.predict import write_explanations
 
@@ -232,6 +253,11 @@ def cmd_monitor(args: argparse.Namespace, argv: list[str]) -> int:
     drift = r.get("drift", {})
     print(f"{r['predictions']} predictions; drift PSI {drift.get('psi', float('nan')):.3f} "
           f"({drift.get('level', 'unknown')})")
+    u = r.get("unknown") or {}
+    if u.get("decided"):
+        print(f"unknown answers: {u['unknown']} of {u['decided']} ({u['share']:.1%}), first half "
+              f"{u['early_share'] or 0:.1%} → second half {u['late_share'] or 0:.1%}"
+              + (" — rising: the inputs drift from the training images" if u["rising"] else ""))
     for path in r.get("files", []):
         print(f"report: {path}")
     return 0

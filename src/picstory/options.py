@@ -52,6 +52,8 @@ class PredictOptions:
     tta: str = opt("none", "test-time augmentation", choices=TTA_MODES)
     backend: str = opt("torch", "inference engine", choices=BACKENDS)
     explain: str | None = opt(None, "write a Grad-CAM overlay PNG of each image into this folder (torch backend)")
+    min_confidence: str = opt("", "answer unknown below this calibrated probability: 0.8, or per class "
+                                  "shirt=0.9,coat=0.7 (none: only the bundle's unknown threshold)")
 
 
 @dataclass(frozen=True)

@@ -3,8 +3,9 @@
 Contract of an exported file (also written to ``model.json`` under ``exports``):
 - input ``input``: float32 N×C×H×W, already normalised — ``(uint8 / 255 - mean) / std`` of the pixels that
   :func:`picstory.deploy.preprocess.preprocess` produces;
-- output ``probabilities``: float32 N×K softmax probabilities (the softmax is part of the exported graph); a
-  multi-label bundle (``task: multilabel``) ends in a sigmoid per label instead, thresholds stay in model.json.
+- output ``probabilities``: float32 N×K calibrated softmax probabilities (the division by the bundle's temperature
+  and the softmax are part of the exported graph); a multi-label bundle (``task: multilabel``) ends in a sigmoid per
+  label instead, thresholds stay in model.json.
 
 ONNX uses torch's TorchScript-based exporter (``dynamo=False``): it needs no extra packages (the dynamo exporter
 needs onnxscript) and handles the conv/BatchNorm/activation graphs of picstory and timm models. BatchNorm is folded
@@ -32,6 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import UserError
+from ..evaluation.calibration import bundle_temperature
 from ..files import fsync_dir, public_mode
 from ..models.bundle import find_bundle, is_multilabel, load_bundle, read_meta, update_meta
 from ..options import EXPORT
@@ -43,19 +45,36 @@ PARITY_ATOL = 1e-4
 PARITY_MAX_IMAGES = 64
 PARITY_RANDOM_IMAGES = 16
 INPUT_NAME, OUTPUT_NAME = "input", "probabilities"
+FEATURES_NAME = "features"  # ONNX only: the penultimate features, for the nearest-neighbour unknown score
 
 
 class WithSoftmax(nn.Module):
-    """The exported graph: the classifier followed by softmax (multi-label: sigmoid), in fp32."""
+    """The exported graph: the classifier, its logits divided by the bundle's calibration temperature, softmax,
+    in fp32 — so every runtime serves the same calibrated probabilities as the torch model (multi-label: a sigmoid
+    per label, not temperature-scaled)."""
 
-    def __init__(self, model: nn.Module, multilabel: bool = False):
+    def __init__(self, model: nn.Module, temperature: float = 1.0, multilabel: bool = False):
         super().__init__()
         self.model = model
+        self.temperature = float(temperature)
         self.multilabel = multilabel
 
+    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        logits = logits.float()
+        return torch.sigmoid(logits) if self.multilabel else torch.softmax(logits / self.temperature, dim=1)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        logits = self.model(x).float()
-        return torch.sigmoid(logits) if self.multilabel else torch.softmax(logits, dim=1)
+        return self.probabilities(self.model(x))
+
+
+class WithFeatures(WithSoftmax):
+    """The ONNX graph: calibrated probabilities and, as a second output, the head's input features."""
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        from ..models.features import features_and_logits
+
+        features, logits = features_and_logits(self.model, x)
+        return self.probabilities(logits), features
 
 
 def export(run_or_bundle: str | Path, fmt: str = EXPORT.format, opset: int = EXPORT.opset,
@@ -80,7 +99,9 @@ def export(run_or_bundle: str | Path, fmt: str = EXPORT.format, opset: int = EXP
     tmp = Path(tmp_name)
     try:
         example = torch.zeros(1 if not dynamic_batch else 2, meta["in_chans"], meta["img_size"], meta["img_size"])
-        _write_export(WithSoftmax(model, is_multilabel(meta)).eval(), example, tmp, fmt, opset, dynamic_batch)
+        wrapper = WithFeatures if fmt == "onnx" else WithSoftmax
+        _write_export(wrapper(model, bundle_temperature(meta) or 1.0, is_multilabel(meta)).eval(), example, tmp,
+                      fmt, opset, dynamic_batch)
         parity = check_parity(model, meta, tmp, fmt, images, dynamic_batch)
         if not parity["passed"]:
             raise UserError(f"{final}: parity check failed (max |Δp| {parity['max_abs_diff']:.2e} > "
@@ -149,9 +170,10 @@ def _write_export(wrapped: nn.Module, example: torch.Tensor, path: Path, fmt: st
         # the TorchScript-based paths warn that they are superseded; they are the ones that work offline here
         warnings.simplefilter("ignore")
         if fmt == "onnx":
-            axes = {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}} if dynamic_batch else None
+            outputs = [OUTPUT_NAME, FEATURES_NAME] if isinstance(wrapped, WithFeatures) else [OUTPUT_NAME]
+            axes = {name: {0: "batch"} for name in [INPUT_NAME, *outputs]} if dynamic_batch else None
             torch.onnx.export(wrapped, (example,), str(path), dynamo=False, opset_version=opset,
-                              input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], dynamic_axes=axes,
+                              input_names=[INPUT_NAME], output_names=outputs, dynamic_axes=axes,
                               do_constant_folding=True)
         else:
             traced = torch.jit.trace(wrapped, example, check_trace=False)
@@ -168,12 +190,15 @@ def _record(meta: dict, final: Path, sha: str, fmt: str, opset: int, dynamic_bat
                                                                       meta["num_classes"]],
                    "values": "sigmoid probabilities per label (sigmoid is part of the graph; a label is predicted "
                              "at its threshold in model.json)" if is_multilabel(meta) else
-                             "softmax probabilities (softmax is part of the graph)"},
+                             "softmax probabilities of logits / temperature (both are part of the graph)"},
+        "temperature": bundle_temperature(meta) or 1.0,
         "parity": parity, "torch_version": torch.__version__,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     if fmt == "onnx":
-        record.update(opset=opset, exporter="torch.onnx.export (TorchScript-based, dynamo=False)")
+        record.update(opset=opset, exporter="torch.onnx.export (TorchScript-based, dynamo=False)",
+                      features={"name": FEATURES_NAME, "dtype": "float32", "shape": ["N" if dynamic_batch else 1, "D"],
+                                "values": "penultimate features (the head's input), for the kNN unknown score"})
     return record
 
 
@@ -208,7 +233,7 @@ def check_parity(model: nn.Module, meta: dict, path: Path, fmt: str, images: tor
     from ..evaluation.tta import predict_proba
 
     x = normalize(images, tuple(meta["mean"]), tuple(meta["std"])).float()
-    ref = predict_proba(model, x, "none", is_multilabel(meta)).numpy()
+    ref = predict_proba(model, x, "none", is_multilabel(meta), bundle_temperature(meta) or 1.0).numpy()
     if dynamic_batch:
         got = _run_exported(path, fmt, x)
     else:

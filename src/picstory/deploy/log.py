@@ -35,12 +35,13 @@ CREATE TABLE IF NOT EXISTS predictions (
     top1_prob REAL,
     topk_json TEXT,                -- [{"label", "probability"}, ...], most probable first
     latency_ms REAL,
-    stored_path TEXT               -- absolute path of the stored input, NULL when inputs are not stored
+    stored_path TEXT,              -- absolute path of the stored input, NULL when inputs are not stored
+    unknown INTEGER                -- 1: answered "unknown" (out of distribution or below --min-confidence)
 );
 CREATE INDEX IF NOT EXISTS predictions_time ON predictions(time);
 """
 COLUMNS = ("time", "model_sha256", "input_sha256", "width", "height", "top1_label", "top1_prob", "topk_json",
-           "latency_ms", "stored_path")
+           "latency_ms", "stored_path", "unknown")
 # only files this module wrote are ever deleted by the size cap
 _STORED_NAME = re.compile(r"^[0-9a-f]{64}\.[a-z0-9]{1,5}$")
 _STOP = object()
@@ -59,6 +60,7 @@ class Entry:
     data: bytes | None = None  # raw input, kept only when the log stores inputs
     ext: str = "bin"
     time: float = 0.0  # unix seconds; 0 → stamped by PredictionLog.record
+    unknown: bool | None = None  # the answer was "unknown"; None: not decided (a log from before the column)
 
 
 def default_log_path(target: str | Path) -> Path:
@@ -72,7 +74,13 @@ def connect(path: str | Path) -> sqlite3.Connection:
     con.execute("PRAGMA journal_mode=WAL")
     con.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL survives a process crash; the log is not a ledger
     con.executescript(SCHEMA)
+    if "unknown" not in _columns(con):  # a log written before the column existed
+        con.execute("ALTER TABLE predictions ADD COLUMN unknown INTEGER")
     return con
+
+
+def _columns(con: sqlite3.Connection) -> set[str]:
+    return {row[1] for row in con.execute("PRAGMA table_info(predictions)")}
 
 
 def read_rows(path: str | Path) -> list[dict]:
@@ -83,7 +91,9 @@ def read_rows(path: str | Path) -> list[dict]:
     try:
         if not con.execute("SELECT 1 FROM sqlite_master WHERE name='predictions'").fetchone():
             return []
-        cur = con.execute(f"SELECT {', '.join(COLUMNS)} FROM predictions ORDER BY time, id")
+        have = _columns(con)
+        cols = [c if c in have else f"NULL AS {c}" for c in COLUMNS]  # read-only: an old log is read as it is
+        cur = con.execute(f"SELECT {', '.join(cols)} FROM predictions ORDER BY time, id")
         return [dict(zip(COLUMNS, row)) for row in cur]
     finally:
         con.close()
@@ -197,7 +207,8 @@ class PredictionLog:
                     stored = None  # a full disk must not lose the prediction row too
             top = e.predictions[0] if e.predictions else {"label": None, "probability": None}
             rows.append((e.time, e.model_sha256, e.input_sha256, e.width, e.height, top["label"],
-                         top["probability"], json.dumps(e.predictions), e.latency_ms, stored))
+                         top["probability"], json.dumps(e.predictions), e.latency_ms, stored,
+                         None if e.unknown is None else int(e.unknown)))
         with con:
             con.executemany(f"INSERT INTO predictions ({', '.join(COLUMNS)}) VALUES "
                             f"({', '.join('?' * len(COLUMNS))})", rows)

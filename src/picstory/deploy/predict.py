@@ -32,10 +32,12 @@ from ..data.batches import normalize
 from ..data.decode import DecodeError
 from ..data.sources import IMAGE_EXTS
 from ..errors import UserError
+from ..evaluation.calibration import bundle_temperature
 from ..models.bundle import PREPROCESSING, find_bundle, is_multilabel, load_bundle, thresholds
 from ..options import PREDICT
 from .export import onnx_session, run_onnx
 from .preprocess import preprocess
+from .unknown import note_uncalibrated, parse_min_confidence, scored_predictions, unknown_rule
 
 PRETRAINED_CROP_PCT = 0.875
 
@@ -52,14 +54,14 @@ class Predictor:
     """Class probabilities for images. ``backend`` is ``torch`` (``model`` set) or ``onnx`` (``session`` set)."""
 
     def __init__(self, meta: dict, model: torch.nn.Module | None = None, session: Any = None,
-                 device: str = "cpu", source: str = "", bundle_dir: Path | None = None):
+                 device: str = "cpu", source: str = "", bundle_dir: Path | None = None, backend: str | None = None):
         if (model is None) == (session is None):
             raise ValueError("Predictor needs exactly one of model, session")
         self.meta = meta
         self.classes: list[str] = list(meta["classes"])
         self.model = model
         self.session = session
-        self.backend = "torch" if model is not None else "onnx"
+        self.backend = backend or ("torch" if model is not None else "onnx")
         self.device = torch.device(device if model is not None else "cpu")
         self.source = source
         self.bundle_dir = bundle_dir
@@ -68,6 +70,8 @@ class Predictor:
         self._explainer = None
         self.multilabel = is_multilabel(meta)  # sigmoid per label; a label is predicted at its tuned threshold
         self.thresholds = thresholds(meta) if self.multilabel else []
+        self.temperature = bundle_temperature(meta)  # None: a bundle from before calibration (uncalibrated)
+        self.unknown = unknown_rule(self)
 
     def __repr__(self) -> str:
         return f"Predictor({self.source!r}, backend={self.backend}, classes={len(self.classes)})"
@@ -78,8 +82,8 @@ class Predictor:
         from ..evaluation import tta as tta_mod
 
         x = normalize(x_uint8.to(self.device), self._mean, self._std)
-        if self.model is not None:
-            return tta_mod.predict_proba(self.model, x, tta, self.multilabel).cpu().numpy()
+        if self.model is not None:  # an exported graph has the temperature baked in; the torch model does not
+            return tta_mod.predict_proba(self.model, x, tta, self.multilabel, self.temperature or 1.0).cpu().numpy()
         views = tta_mod.views(x, tta)
         probs = sum(self._run_session(v) for v in views)
         return (probs / len(views)).astype(np.float32)
@@ -106,23 +110,31 @@ class Predictor:
             return np.concatenate([run_onnx(self.session, x[i:i + 1]) for i in range(x.shape[0])])
         return run_onnx(self.session, x)
 
+    def predict_scored(self, x_uint8: torch.Tensor, tta: str = "none", min_confidence=None) -> list[tuple]:
+        """(probabilities, verdict) per image: the verdict's ``label`` is None and ``unknown`` True when the
+        out-of-distribution score passes the bundle's threshold or the confidence is below ``min_confidence``."""
+        return scored_predictions(self, x_uint8, tta, min_confidence)
+
     def predict(self, inputs: Sequence[Any], top_k: int = PREDICT.top_k, tta: str = PREDICT.tta,
-                batch_size: int = 64) -> list[dict]:
-        """One result per input, in order: ``{"input", "predictions": [{"label", "probability"}], "error"}``;
-        a multi-label model adds ``"labels": [{"label", "prob"}]`` (every label at or above its threshold) and
-        ``"probs": {label: probability}``."""
+                batch_size: int = 64, min_confidence: Any = PREDICT.min_confidence) -> list[dict]:
+        """One result per input, in order: ``{"input", "label", "unknown", "predictions": [{"label",
+        "probability"}], "error"}`` (with ``ood_score`` when the bundle has an unknown threshold); a multi-label
+        model adds ``"labels": [{"label", "prob"}]`` (every label at or above its threshold) and ``"probs":
+        {label: probability}``."""
         if tta not in TTA_MODES:
             raise UserError(f"tta {tta!r}: choose {', '.join(TTA_MODES)}")
+        thresholds = parse_min_confidence(min_confidence, self.classes)  # a bad value fails before any image
         if isinstance(inputs, (str, Path, bytes, Image.Image, np.ndarray)):
             inputs = [inputs]
         k = max(1, min(int(top_k), len(self.classes)))
         results: list[dict] = []
         for start in range(0, len(inputs), max(1, batch_size)):
             chunk = inputs[start:start + batch_size]
-            results.extend(self._predict_chunk(chunk, start, k, tta))
+            results.extend(self._predict_chunk(chunk, start, k, tta, thresholds))
         return results
 
-    def _predict_chunk(self, chunk: Sequence[Any], offset: int, k: int, tta: str) -> list[dict]:
+    def _predict_chunk(self, chunk: Sequence[Any], offset: int, k: int, tta: str,
+                       min_confidence: dict | None = None) -> list[dict]:
         out, tensors, slots = [], [], []
         for i, src in enumerate(chunk):
             entry = {"input": _input_name(src, offset + i), "predictions": [], "error": None}
@@ -135,12 +147,13 @@ class Predictor:
                 entry["error"] = e.strerror or str(e)
             out.append(entry)
         if tensors:
-            probs = self.predict_proba(torch.stack(tensors), tta=tta)
-            top = np.argsort(-probs, axis=1, kind="stable")[:, :k]
-            for entry, p, idx in zip(slots, probs, top):
+            scored = self.predict_scored(torch.stack(tensors), tta, min_confidence)
+            for entry, (p, verdict) in zip(slots, scored):
+                idx = np.argsort(-p, kind="stable")[:k]
                 entry["predictions"] = [{"label": self.classes[j], "probability": float(p[j])} for j in idx]
+                entry.update(verdict)
             if self.multilabel:
-                self.add_label_sets(slots, probs)
+                self.add_label_sets(slots, np.stack([p for p, _ in scored]))
         return out
 
     def add_label_sets(self, entries: list[dict], probs: np.ndarray) -> None:
@@ -175,11 +188,10 @@ def load(target: str | Path, device: str = "cpu", backend: str = PREDICT.backend
         bundle = _pretrained_bundle(name)
     if backend in ("onnx", "onnx-int8", "openvino"):
         session, meta = onnx_session(bundle, fmt=backend)
-        predictor = Predictor(meta, session=session, source=str(target), bundle_dir=bundle)
-        predictor.backend = backend
-        return predictor
+        return note_uncalibrated(Predictor(meta, session=session, source=str(target), bundle_dir=bundle,
+                                           backend=backend))
     model, meta = load_bundle(bundle, device)
-    return Predictor(meta, model=model, device=device, source=str(target), bundle_dir=bundle)
+    return note_uncalibrated(Predictor(meta, model=model, device=device, source=str(target), bundle_dir=bundle))
 
 
 def _resolve_device(device: str) -> str:
@@ -291,8 +303,9 @@ def format_predictions(results: Sequence[dict], fmt: str = PREDICT.format, top_k
     """Results as ``table`` (rich on a terminal, aligned plain text otherwise), ``json`` or ``csv``, without a
     trailing newline (``print`` adds it).
 
-    json: a list of result dicts (top_k predictions each). csv: ``input,rank,label,probability,error`` with one
-    row per prediction and one row (rank empty) for an input that failed.
+    json: a list of result dicts (top_k predictions each). csv: ``input,rank,label,probability,error,unknown`` with
+    one row per prediction (``unknown`` 1 when the answer is unknown) and one row (rank empty) for an input that
+    failed.
     """
     trimmed = [{**r, "predictions": list(r.get("predictions") or [])[:top_k]} for r in results]
     multilabel = any("labels" in r for r in results)
@@ -301,13 +314,15 @@ def format_predictions(results: Sequence[dict], fmt: str = PREDICT.format, top_k
     if fmt == "csv":
         buf = io.StringIO()
         writer = csv.writer(buf, lineterminator="\n")
-        writer.writerow(["input", "rank", "label", "probability", "error"] + (["predicted"] if multilabel else []))
+        extra = ["predicted"] if multilabel else []
+        writer.writerow(["input", "rank", "label", "probability", "error", "unknown"] + extra)
         for r in trimmed:
             if r.get("error"):
-                writer.writerow([r["input"], "", "", "", r["error"]] + ([""] if multilabel else []))
+                writer.writerow([r["input"], "", "", "", r["error"], ""] + [""] * len(extra))
+            unknown = "" if r.get("unknown") is None else int(bool(r["unknown"]))
             chosen = {x["label"] for x in r.get("labels") or []}
             for rank, p in enumerate(r["predictions"], 1):
-                writer.writerow([r["input"], rank, p["label"], f"{p['probability']:.6f}", ""]
+                writer.writerow([r["input"], rank, p["label"], f"{p['probability']:.6f}", "", unknown]
                                 + ([int(p["label"] in chosen)] if multilabel else []))
         return buf.getvalue().rstrip("\n")
     if fmt != "table":
@@ -328,6 +343,8 @@ def _table_rows(results: Sequence[dict]) -> list[tuple[str, str, str, str]]:
         if r.get("error"):
             rows.append((r["input"], "-", f"error: {r['error']}", "-"))
         chosen = {x["label"] for x in r.get("labels") or []}
+        if r.get("unknown"):
+            rows.append((r["input"], "-", f"unknown: {r.get('unknown_reason', '')}", "-"))
         for rank, p in enumerate(r["predictions"], 1):
             mark = " ✓" if p["label"] in chosen else ""
             rows.append((r["input"], str(rank), p["label"] + mark, f"{p['probability']:.4f}"))

@@ -57,6 +57,7 @@ from ..errors import UserError
 from ..options import PREDICT, SERVE
 from .log import Entry, PredictionLog, check_log_path, default_log_path
 from .predict import load, preprocess
+from .unknown import batch_verdicts, parse_min_confidence, with_min_confidence
 
 DEFAULT_MAX_PIXELS = SERVE.max_pixels  # a 40 MP photo; decoding one takes ~120 MB: the limit bounds memory
 EXT = {"JPEG": "jpg", "PNG": "png", "GIF": "gif", "WEBP": "webp", "BMP": "bmp", "TIFF": "tif", "MPO": "jpg"}
@@ -156,7 +157,7 @@ class _Service:
         self.log_args = (log_path, store_inputs, store_cap_mb)
         self.max_body_bytes, self.max_pixels, self.max_queue = max_body_bytes, max_pixels, max_queue
         self.read_timeout, self.max_uploads = read_timeout, max_uploads
-        self.batcher = MicroBatcher(lambda x: self.predictor.predict_proba(x), max_batch, max_wait_ms,
+        self.batcher = MicroBatcher(lambda x: batch_verdicts(self.predictor, x), max_batch, max_wait_ms,
                                     busy=lambda: self.preparing > 0)
         self.decode_slots = anyio.CapacityLimiter(max(2, cores()))
         self.log, self.ready = None, False
@@ -281,14 +282,17 @@ async def _prepare(service: _Service, img: _Image) -> None:
         raise _decode_error(img.name, e.reason, service.max_pixels) from None
 
 
-def _log(service: _Service, images: list[_Image], preds: list[list[dict]], latency_ms: float) -> None:
+def _log(service: _Service, images: list[_Image], preds: list[list[dict]], latency_ms: float,
+         verdicts: list[dict] | None = None) -> None:
     if service.log is None:
         return
     keep, model_sha = service.log.store is not None, service.predictor.meta.get("sha256") or ""
-    for img, p in zip(images, preds):
+    for i, (img, p) in enumerate(zip(images, preds)):
         fmt = img.info.format or "bin"
+        unknown = bool(verdicts[i].get("unknown")) if verdicts else None
         service.log.record(Entry(model_sha, hashlib.sha256(img.data).hexdigest(), img.info.width, img.info.height,
-                                 p, latency_ms, img.data if keep else None, EXT.get(fmt, fmt.lower())))
+                                 p, latency_ms, img.data if keep else None, EXT.get(fmt, fmt.lower()),
+                                 unknown=unknown))
 
 
 async def _explanations(service: _Service, images: list[_Image]) -> list[dict]:
@@ -322,11 +326,21 @@ PREDICT_DOC = {
 def _routes(app: FastAPI, service: _Service, page: str) -> None:
     @app.post("/predict", openapi_extra=PREDICT_DOC, summary="Classify one or several images")
     async def predict(request: Request, top_k: int = Query(PREDICT.top_k, ge=1, description="labels per image"),
-                      explain: bool = Query(False, description="add a Grad-CAM overlay PNG (base64) per image")
-                      ) -> Any:
+                      explain: bool = Query(False, description="add a Grad-CAM overlay PNG (base64) per image"),
+                      min_confidence: str = Query("", description="unknown below this probability: 0.8 or "
+                                                                      "class=0.9,…")) -> Any:
         """One image (field `file` or a raw image/* body) → `{"input", "predictions": [{"label", "probability"}],
         "model": {"name", "sha256"}, "latency_ms"}`; several (`files`) → `{"results": [...], "model", ...}`."""
         start = time.perf_counter()
+        thresholds: dict = {}
+        if min_confidence and service.predictor is not None:  # not ready yet: the 503 below answers
+            if getattr(service.predictor, "multilabel", False):
+                raise ApiError(422, "bad_parameter", "min_confidence applies to single-label models; this one "
+                                                     "answers every label at or above its tuned threshold")
+            try:
+                thresholds = parse_min_confidence(min_confidence, service.predictor.classes)
+            except UserError as e:
+                raise ApiError(422, "bad_parameter", str(e)) from None
         with contextlib.ExitStack() as queued:
             with service.upload():
                 body = await _read_body(request, service.max_body_bytes, service.read_timeout)
@@ -338,12 +352,14 @@ def _routes(app: FastAPI, service: _Service, page: str) -> None:
                     futures = service.batcher.enqueue([img.tensor for img in images])
                 finally:
                     service.preparing -= 1  # queued (or failed): no batch needs to wait for it any more
-            probs = await asyncio.gather(*futures)
+            scored = await asyncio.gather(*futures)
         latency_ms = round((time.perf_counter() - start) * 1000, 2)
+        probs = [p for p, _ in scored]
+        verdicts = [with_min_confidence(v, p, service.predictor.classes, thresholds) for p, v in scored]
         classes, order = service.predictor.classes, np.argsort(-np.stack(probs), axis=1, kind="stable")[:, :top_k]
         preds = [[{"label": classes[i], "probability": round(float(p[i]), 6)} for i in o] for p, o in zip(probs, order)]
-        _log(service, images, preds, latency_ms)
-        results = [{"input": img.name, "predictions": p} for img, p in zip(images, preds)]
+        _log(service, images, preds, latency_ms, verdicts)
+        results = [{"input": img.name, **v, "predictions": p} for img, v, p in zip(images, verdicts, preds)]
         if explain:
             for r, e in zip(results, await _explanations(service, images)):
                 r["explanation"] = e

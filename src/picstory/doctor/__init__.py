@@ -56,7 +56,8 @@ from .rules import (  # noqa: F401  (re-exported: picstory.doctor.check_* is the
 )
 
 KIND_ORDER = ("diverged", "unstable", "lr_too_high", "leak", "underfitting", "overfitting", "imbalance",
-              "weak_classes", "catch_all", "confused_pair", "mislabelled", "few_images", "bad_files")
+              "weak_classes", "catch_all", "confused_pair", "mislabelled", "few_images", "bad_files", "miscalibrated",
+              "unknown_inputs", "calibrated")
 
 
 # ---------------------------------------------------------------- verdict
@@ -91,8 +92,10 @@ def diagnose_loaded(run: Mapping, target_accuracy: float | None = None,
     else:
         ok = acc is not None and (target is None or acc >= target) and not weak and not blockers
         verdict = "ready to deploy" if ok else "not yet"
+        if verdict == "ready to deploy" and any(f.kind == "miscalibrated" for f in findings):
+            verdict = "ready with a caveat"  # accurate, but its probabilities cannot be read as odds
     commands = [s for f in findings for s in f.next_steps if s.startswith("picstory ")]
-    if verdict == "ready to deploy":
+    if verdict in ("ready to deploy", "ready with a caveat"):
         next_step = f"picstory export {_run_path(run)} --format onnx"
     elif commands:
         next_step = commands[0]
@@ -108,9 +111,12 @@ def _summary(verdict: str, acc: float | None, split: str, target: float | None, 
              findings: list[Finding], blockers: list[Finding]) -> str:
     score = f"{split.capitalize()} accuracy is {_pct(acc)}" if acc is not None else "No accuracy was recorded"
     top = findings[0].title[0].lower() + findings[0].title[1:] if findings else ""
-    if verdict == "ready to deploy":
+    if verdict in ("ready to deploy", "ready with a caveat"):
         extra = f" and every class reaches recall {recall_target:.2f}" if recall_target else ""
         goal = f", meeting the target of {_pct(target)}" if target is not None else ""
+        caveat = next((f for f in findings if f.kind == "miscalibrated"), None)
+        if caveat is not None:
+            return f"{score}{goal}{extra}: ready to deploy, with a caveat: {caveat.title[0].lower()}{caveat.title[1:]}."
         return f"{score}{goal}{extra}: ready to deploy."
     if verdict == "no target given":
         tail = f"; the main finding: {top}." if top else ", and nothing stands out as wrong."
@@ -136,8 +142,8 @@ def doctor_text(result: dict, width: int = 100) -> str:
     lines += ["", f"Findings ({len(findings)})" if findings else "No findings: the curves and data look healthy."]
     for n, f in enumerate(findings, 1):
         lines += ["", f"{n}. {f['severity'].upper():8s} {f['title']}", wrap(f["evidence"], "   ")]
-        lines += ["   Try:"] + [f"     $ {s}" if s.startswith("picstory ") else wrap(s, "     - ", "       ")
-                                for s in f["next_steps"]]
+        lines += ["   Try:"] * bool(f["next_steps"]) + [f"     $ {s}" if s.startswith("picstory ")
+                                                         else wrap(s, "     - ", "       ") for s in f["next_steps"]]
     return "\n".join(lines) + "\n"
 
 

@@ -356,6 +356,60 @@ def check_bad_files(run: Mapping) -> Finding | None:
                    [f"picstory data check {shlex.quote(data_spec(run))}"], {"count": len(bad)})
 
 
+ECE_CAVEAT = 0.05  # above this expected calibration error the probabilities should not be read as odds
+
+
+def check_calibration(run: Mapping) -> Finding | None:
+    """From eval.json: how far off the raw confidences were and what the stored temperature made of them. A model
+    still miscalibrated after scaling (or stored without calibration) is ready only with a caveat."""
+    ev = run.get("eval") or {}
+    cal = ev.get("calibration") or {}
+    if not cal or ev.get("ece") is None:
+        return None
+    before, after, t = (cal.get("before") or {}).get("ece"), ev["ece"], ev.get("temperature")
+    facts = {"ece_before": before, "ece_after": after, "temperature": t}
+    split = ev.get("split", "test")
+    if t is None or ev.get("calibration_note"):
+        if after <= ECE_CAVEAT:
+            return None
+        return Finding("miscalibrated", "warning", f"Uncalibrated confidence: ECE {after:.3f}",
+                       f"The {split} probabilities are off by {after:.1%} on average (ECE, 15 equal-width bins) and "
+                       f"no temperature is stored ({ev.get('calibration_note') or 'an older bundle'}); a \"90 %\" "
+                       "answer is not right 9 times in 10.", [train_cmd(run)], facts)
+    way = "over-confident" if t > 1 else "under-confident"
+    if after > ECE_CAVEAT:
+        return Finding("miscalibrated", "warning", f"Still miscalibrated after temperature scaling: ECE {after:.3f}",
+                       f"The model was {way} (ECE {before:.3f} on the {split} split); temperature {t:.2f} brings "
+                       f"it only to {after:.3f}, above {ECE_CAVEAT}. Read its probabilities as rankings, not odds; "
+                       "more validation images or a longer, regularised run usually help.",
+                       [train_cmd(run, "--val-fraction 0.2")], facts)
+    if before is None or before <= ECE_CAVEAT / 2:
+        return None
+    return Finding("calibrated", "info", f"{way.capitalize()}: ECE {before:.3f} → {after:.3f} after calibration",
+                   f"The raw softmax was {way} (ECE {before:.3f} on the {split} split, 15 equal-width bins); the "
+                   f"stored temperature {t:.2f} brings it to {after:.3f}, so predict, serve and exports give "
+                   "probabilities that can be read as odds.", [], facts)
+
+
+def check_unknown(run: Mapping) -> Finding | None:
+    ev = run.get("eval") or {}
+    if "unknown_rate" not in ev:
+        return None
+    rate, acc, base = ev["unknown_rate"], ev.get("accepted_accuracy"), ev.get("accuracy")
+    severity = "warning" if rate > 0.15 else "info"
+    gain = f", against {base:.1%} when every image is answered" if base is not None else ""
+    return Finding("unknown_inputs", severity, f"{rate:.1%} of the {ev.get('split', 'test')} images are answered "
+                   "\"unknown\"",
+                   f"The {ev['unknown_score']} out-of-distribution score passes its threshold "
+                   f"({ev['unknown_threshold']:.4g}, chosen to accept 95 % of the validation images) on {rate:.1%} of "
+                   f"the {ev.get('split', 'test')} images; the accepted ones are "
+                   f"{'–' if acc is None else f'{acc:.1%}'} accurate{gain}. `--min-confidence` trades more coverage "
+                   "for accuracy." + (" Far more than 5 % suggests the test images differ from the validation ones."
+                                      if severity == "warning" else ""), [],
+                   {"unknown_rate": rate, "accepted_accuracy": acc})
+
+
 RULES: tuple[Callable[[Mapping], Finding | None], ...] = (
     check_diverged, check_spikes, check_lr_too_high, check_leaks, check_underfitting, check_overfitting,
-    check_imbalance, check_catch_all, check_confused_pairs, check_mislabelled, check_few_images, check_bad_files)
+    check_imbalance, check_catch_all, check_confused_pairs, check_mislabelled, check_few_images, check_bad_files,
+    check_calibration, check_unknown)

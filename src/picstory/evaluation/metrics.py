@@ -17,9 +17,10 @@ from .tta import predict_proba
 
 def predict_images(model: torch.nn.Module, images: torch.Tensor, mean, std, batch_size: int = 512,
                    tta: str = "none", device: torch.device | str = "cpu",
-                   autocast_dtype: torch.dtype | None = None, multilabel: bool = False) -> np.ndarray:
+                   autocast_dtype: torch.dtype | None = None, multilabel: bool = False,
+                   temperature: float = 1.0) -> np.ndarray:
     """Probabilities (N, K) for uint8 N×C×H×W images; the same normalisation as training and predict
-    (``multilabel``: independent sigmoids)."""
+    (``multilabel``: independent sigmoids; otherwise the softmax of logits / ``temperature``)."""
     device = torch.device(device)
     model.eval()
     out = []
@@ -27,7 +28,7 @@ def predict_images(model: torch.nn.Module, images: torch.Tensor, mean, std, batc
         x = normalize(images[i:i + batch_size].to(device), mean, std)
         ctx = torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else contextlib.nullcontext()
         with ctx:
-            out.append(predict_proba(model, x, tta, multilabel).float().cpu())
+            out.append(predict_proba(model, x, tta, multilabel, temperature).float().cpu())
     return torch.cat(out).numpy() if out else np.zeros((0, 0), dtype=np.float32)
 
 

@@ -26,12 +26,15 @@ def views(x: torch.Tensor, mode: str) -> list[torch.Tensor]:
 
 
 @torch.inference_mode()
-def predict_proba(model: torch.nn.Module, x: torch.Tensor, tta: str = "none", multilabel: bool = False) -> torch.Tensor:
-    """Softmax probabilities (N, K) averaged over the TTA views, in fp32; ``multilabel``: each label's sigmoid."""
+def predict_proba(model: torch.nn.Module, x: torch.Tensor, tta: str = "none", multilabel: bool = False,
+                  temperature: float = 1.0) -> torch.Tensor:
+    """Softmax probabilities (N, K) of logits / ``temperature`` (the bundle's calibration), averaged over the TTA
+    views, in fp32: each view is calibrated before the average, as the exported graph does. ``multilabel``: each
+    label's sigmoid (not temperature-scaled)."""
     probs = None
     vs = views(x, tta)
     for v in vs:
         logits = model(v.contiguous(memory_format=torch.channels_last)).float()
-        p = torch.sigmoid(logits) if multilabel else torch.softmax(logits, dim=1)
+        p = torch.sigmoid(logits) if multilabel else torch.softmax(logits / temperature, dim=1)
         probs = p if probs is None else probs + p
     return probs / len(vs)

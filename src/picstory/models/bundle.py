@@ -32,6 +32,7 @@ from .wrappers import unwrap
 BUNDLE_FORMAT = "picstory-bundle/1"
 WEIGHTS_FILE = "model.safetensors"
 META_FILE = "model.json"
+OOD_BANK_FILE = "ood_bank.safetensors"  # L2-normalised training features for the nearest-neighbour unknown score
 
 # The exact pixel path from a file to the model input (see predict.preprocess). Stored in model.json so a bundle
 # used outside picstory can be fed the same numbers.
@@ -159,6 +160,29 @@ def thresholds(meta: dict) -> list[float]:
     """A multi-label bundle's per-label thresholds in class order (0.5 for a label without a tuned one)."""
     tuned = meta.get("thresholds") or {}
     return [float(tuned.get(c, 0.5)) for c in meta["classes"]]
+def write_ood_bank(directory: str | Path, features: torch.Tensor) -> str:
+    """Store the feature bank next to the weights (atomically); returns its sha256 for model.json."""
+    data = safetensors.torch.save({"features": features.detach().to("cpu", torch.float16).contiguous()})
+    atomic_write(Path(directory) / OOD_BANK_FILE, data)
+    return _sha256(data)
+
+
+def read_ood_bank(directory: str | Path, meta: dict) -> torch.Tensor | None:
+    """The bundle's feature bank as fp32 (N, D), checked against model.json; None when the bundle has none."""
+    record = (meta.get("ood") or {}).get("bank")
+    if not record:
+        return None
+    path = Path(directory) / OOD_BANK_FILE
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise UserError(f"{path}: missing although {META_FILE} names it; restore the bundle or train again") from None
+    if _sha256(data) != record.get("sha256"):
+        raise UserError(f"{path}: sha256 does not match {META_FILE} (modified or corrupt); restore the bundle")
+    try:
+        return safetensors.torch.load(data)["features"].float()
+    except (SafetensorError, ValueError, KeyError) as e:
+        raise UserError(f"{path}: not a feature bank ({e}); restore the bundle or train again") from None
 
 
 def find_bundle(run_or_bundle: str | Path) -> Path:

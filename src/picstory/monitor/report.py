@@ -67,6 +67,36 @@ def _time_buckets(times: list[float]) -> tuple[str, dict[str, int]]:
     return unit, counts
 
 
+def unknown_trend(rows: list[dict], meta: dict) -> dict:
+    """How many answers were "unknown", per time bucket and early vs late: a rising share means the inputs drift
+    away from the training images (the validation split expects 1 − target_accept, about 5 %)."""
+    decided = [r for r in rows if r.get("unknown") is not None]
+    ood = meta.get("ood") or {}
+    expected = round(1 - float(ood["target_accept"]), 4) if "target_accept" in ood else None
+    if not decided:
+        return {"decided": 0, "expected_share": expected,
+                "note": "no logged answer carries an unknown verdict (a log or a bundle from before it)"}
+    unit = "hour" if decided[-1]["time"] - decided[0]["time"] <= 3 * 86400 else "day"
+    fmt = "%Y-%m-%d %H:00" if unit == "hour" else "%Y-%m-%d"
+    per: dict[str, list[int]] = {}
+    for r in decided:
+        cell = per.setdefault(datetime.fromtimestamp(r["time"], timezone.utc).strftime(fmt), [0, 0])
+        cell[0] += 1
+        cell[1] += int(r["unknown"])
+    half = len(decided) // 2
+
+    def share(part: list[dict]) -> float | None:
+        return sum(int(r["unknown"]) for r in part) / len(part) if part else None
+
+    early, late = share(decided[:half]), share(decided[half:])
+    base = max(early or 0.0, expected or 0.0)
+    rising = late is not None and len(decided) >= 20 and late > 2 * base and late - base >= 0.05
+    return {"decided": len(decided), "unknown": sum(int(r["unknown"]) for r in decided),
+            "share": share(decided), "expected_share": expected, "early_share": early, "late_share": late,
+            "rising": bool(rising), "unit": unit,
+            "over_time": {k: {"n": n, "unknown": u, "share": u / n} for k, (n, u) in per.items()}}
+
+
 def _iso(t: float) -> str:
     return datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="seconds")
 
@@ -148,6 +178,7 @@ def _summarise(rows: list[dict], meta: dict, home: Path, low_confidence: float) 
                        "below_threshold": sum(p < low_confidence for p in probs),
                        "histogram": _histogram(probs, HIST_BINS)},
         "least_confident": _least_confident(rows, LEAST_CONFIDENT),
+        "unknown": unknown_trend(rows, meta),
     }
 
 

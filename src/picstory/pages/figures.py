@@ -203,3 +203,46 @@ def lr_find_figure(lr_find: dict) -> Figure:
         if top > low:
             ax.set_ylim(low - 0.05 * (top - low), top + 0.05 * (top - low))
     return fig
+
+
+def reliability_figure(before: list[dict], after: list[dict]) -> Figure:
+    """Reliability diagram: accuracy per equal-width confidence bin before and after calibration, the diagonal
+    being perfect calibration; bar width = the bin, so empty bins show as gaps."""
+    fig = new_figure(6.4, 3.0)
+    axes = fig.subplots(1, 2, sharey=True)
+    for ax, rows, title, colour in ((axes[0], before, "uncalibrated", VAL), (axes[1], after, "calibrated", BEST)):
+        lo = np.array([r["lo"] for r in rows])
+        width = np.array([r["hi"] - r["lo"] for r in rows])
+        acc = np.array([r["accuracy"] if r["count"] else 0.0 for r in rows])
+        conf = np.array([r["confidence"] for r in rows])
+        ax.bar(lo, acc, width=width, align="edge", color=colour, alpha=0.75, edgecolor="white", label="accuracy")
+        shown = np.array([r["count"] > 0 for r in rows])
+        ax.plot(conf[shown], acc[shown], ".", color="black", markersize=4)
+        ax.plot([0, 1], [0, 1], "--", color=SIZE, linewidth=1)
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("confidence (top-1 probability)")
+        ax.xaxis.set_major_formatter(PercentFormatter(1.0))
+        ax.yaxis.set_major_formatter(PercentFormatter(1.0))
+    axes[0].set_ylabel("accuracy in the bin")
+    return fig
+
+
+def risk_coverage_figure(coverage: list[float], accuracy: list[float],
+                         rule: tuple[float, float, str] | None = None) -> Figure:
+    """Accuracy of the accepted images against the share accepted, most confident first; ``rule`` marks
+    (coverage, accuracy, name) of the bundle's unknown rule, which ranks by its own score."""
+    fig = new_figure(5.2, 3.0)
+    ax = fig.subplots()
+    ax.plot(coverage, accuracy, color=TRAIN, label="by calibrated confidence")
+    if rule is not None and rule[1] is not None:
+        ax.plot([rule[0]], [rule[1]], "o", color=BEST, markersize=7, label=f"unknown rule ({rule[2]})")
+    ax.legend(fontsize=8, loc="lower left")
+    ax.set_xlabel("coverage (share of test images answered)")
+    ax.set_ylabel("accuracy of the answered")
+    ax.xaxis.set_major_formatter(PercentFormatter(1.0, decimals=0))
+    ax.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=1))
+    ax.set_xlim(0, 1.01)
+    ax.grid(alpha=0.3)
+    return fig

@@ -95,6 +95,20 @@ def _least_confident_rows(items: list[dict]) -> str:
     return "\n".join(rows)
 
 
+def _unknown_html(u: dict) -> str:
+    if not u.get("decided"):
+        return f"<p class=muted>{html.escape(u.get('note', 'no unknown verdicts logged'))}</p>"
+    exp = "" if u.get("expected_share") is None else f" (validation expects {u['expected_share']:.0%})"
+    trend = ("<span class=badge style='background:#c0392b'>rising: the inputs drift from the training images"
+             "</span>" if u["rising"] else "<span class=muted>no rising trend</span>")
+    rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{v['n']}</td><td>{v['unknown']}</td><td>{v['share']:.1%}</td>"
+                   "</tr>" for k, v in list(u["over_time"].items())[-48:])
+    return (f"<p><b>{u['unknown']}</b> of {u['decided']} answers were unknown ({u['share']:.1%}){exp}; first half "
+            f"{u['early_share'] or 0:.1%}, second half {u['late_share'] or 0:.1%} {trend}</p>"
+            f"<table><tr><th>{html.escape(u['unit'])} (UTC)</th><th>answers</th><th>unknown</th><th>share</th></tr>"
+            f"{rows}</table>")
+
+
 def render_html(report: dict, meta: dict) -> str:
     drift, conf = report["drift"], report["confidence"]
     e = html.escape
@@ -126,6 +140,8 @@ model sha256 <code>{e(meta['sha256'][:16])}</code></div>
 </div>
 <h2>Predictions over time (per {e(report['over_time']['unit'])}, UTC)</h2>
 <div class=card><img class=chart alt="predictions over time" src="{_over_time_chart(report['over_time'])}"></div>
+<h2>Unknown answers</h2>
+<div class=card>{_unknown_html(report.get('unknown') or {})}</div>
 <h2>Confidence</h2>
 <div class=card><img class=chart alt="confidence histogram" src="{_confidence_chart(conf)}">{relabel_html}</div>
 <h2>Least confident inputs</h2>

@@ -18,6 +18,7 @@ from .. import doctor
 from ..files import atomic_write
 from . import figures as plots
 from . import model_card
+from .confidence_page import confidence_figures, confidence_section
 from .html import e as _e
 from .html import img as _img
 from .html import page
@@ -85,6 +86,7 @@ def _figures(run: Mapping) -> dict[str, bytes]:
     out = {name: plots.figure_png(fig) for name, fig in figs.items()}
     if run.get("lr_find"):
         out["lr_find"] = plots.figure_png(plots.lr_find_figure(run["lr_find"]))  # embedded only
+    out.update(confidence_figures(run))
     return out
 
 
@@ -108,6 +110,7 @@ def write_report(run_dir: str | Path, target_accuracy: float | None = None,
 
 def render_html(run: Mapping, diagnosis: dict, pngs: Mapping[str, bytes], rows: list[dict]) -> str:
     parts = [_header(run, diagnosis), _diagnosis(diagnosis), _curves(run, pngs), _confusion_section(run, pngs),
+             confidence_section(run, pngs),
              _per_label(run, rows) if _multilabel(run) else _per_class(rows), _by_group(run), _gallery(run, "mistakes"),
              _label_gallery(run, "false_positives"), _label_gallery(run, "false_negatives"), _gallery(run, "suspects"),
              _data(run),
@@ -136,7 +139,7 @@ def _header(run: Mapping, diagnosis: dict) -> str:
 
 
 def _diagnosis(d: dict) -> str:
-    cls = {"ready to deploy": "ready", "not yet": "notyet"}.get(d["verdict"], "none")
+    cls = {"ready to deploy": "ready", "ready with a caveat": "ready", "not yet": "notyet"}.get(d["verdict"], "none")
     out = [f'<section><h2>Diagnosis</h2><p class="verdict"><span class="badge {cls}">{_e(d["verdict"])}</span> '
            f'{_e(d["summary"])}</p><p class="next"><b>Next step</b><code>{_e(d["next_step"])}</code></p>']
     for f in d["findings"]:

@@ -11,10 +11,12 @@ import numpy as np
 import torch
 
 from ..errors import DataError, UserError
+from ..evaluation.calibration import bundle_temperature
 from ..evaluation.metrics import confident_mistakes, group_metrics, predict_images, summarize, suspects
 from ..files import atomic_write, read_json
 from ..options import EVAL
 from ..runs import RunDir, find_run
+from .confidence_run import split_confidence
 
 SUSPECT_SCAN_MAX = 20_000  # training images scanned for likely label errors (bounded time on big sets)
 
@@ -45,7 +47,9 @@ def evaluate_run(run: str | Path, data: str | None = None, tta: str = EVAL.tta, 
     if not len(labels):
         return {}
     weights = test.weights.numpy() if test.weights is not None else None
-    probs = predict_images(model, images, mean, std, tta=tta, device=device, multilabel=multilabel)
+    temperature = bundle_temperature(meta) or 1.0
+    probs = predict_images(model, images, mean, std, tta=tta, device=device, multilabel=multilabel,
+                           temperature=temperature)
     if multilabel:
         if report_by:  # asked for explicitly: say why it is absent rather than drop it silently
             print(f"note: --report-by {report_by}: per-group metrics are single-label; skipped for this multi-label "
@@ -54,6 +58,7 @@ def evaluate_run(run: str | Path, data: str | None = None, tta: str = EVAL.tta, 
                            write_report, summary)
     result = {"split": name, "data": data or meta.get("data", ""), "tta": tta,
               **summarize(probs, labels, classes, weights),
+              **split_confidence(model, meta, RunDir(run_dir).bundle, images, labels, device, probs),
               "mistakes": confident_mistakes(probs, labels, images, paths, classes)}
     column = report_by or dcfg.get("report_by") or group_col or dcfg.get("group_col") or ""
     if column:
@@ -63,7 +68,7 @@ def evaluate_run(run: str | Path, data: str | None = None, tta: str = EVAL.tta, 
     if train is not None and len(train.labels):
         explain_mistakes(result["mistakes"], probs, labels, images, train, model, meta, run_dir, device)
         sel = np.arange(len(train.labels))[:SUSPECT_SCAN_MAX]
-        tprobs = predict_images(model, train.images[sel], mean, std, device=device)
+        tprobs = predict_images(model, train.images[sel], mean, std, device=device, temperature=temperature)
         result["suspects"] = suspects(tprobs, train.labels.numpy()[sel], train.images[sel],
                                       [train.paths[i] for i in sel], classes)
     return _write_eval(run_dir, data, result, write_report, summary)

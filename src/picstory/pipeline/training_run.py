@@ -442,10 +442,14 @@ def _finish(run_dir: Path, cfg: C.Config, td: TrainData, learner: Learner, train
     if best_cb.best_epoch:
         row = learner.history[best_cb.best_epoch - 1]
         summary["val_accuracy"] = row["val_acc"]
-        if td.multilabel:
+        if td.multilabel:  # per-label thresholds; temperature scaling and the unknown rule are single-label
             from .evaluation_run import tune_thresholds
 
             summary.update(task="multilabel", thresholds=tune_thresholds(run_dir, td, device=str(device)))
+        else:
+            from .confidence_run import calibrate_bundle
+
+            calibrate_bundle(RunDir(run_dir).bundle, td.splits["val"], td.splits["train"], device, cfg.train.seed)
         result = evaluate_run(run_dir, td=td, tta=cfg.eval.tta, write_report=False, summary=summary,
                               device=str(device))
         summary["test_accuracy"] = result.get("accuracy")
