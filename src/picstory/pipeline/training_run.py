@@ -83,7 +83,18 @@ def resolve_config(user: dict, source: sources.Source) -> C.Config:
         # a pretrained backbone first waits one epoch while the new, random head learns (fine-tuning practice)
         pretrained = resolved.model.pretrained and not resolved.model.weights and has_pretrained(model)
         extra["freeze_epochs"] = 1 if pretrained and resolved.train.epochs >= 3 else 0
-    return resolved.updated(**extra)
+    resolved = resolved.updated(**extra)
+    if resolved.train.preset == "probe":
+        _check_probe(resolved)
+    return resolved
+
+
+def _check_probe(cfg: C.Config) -> None:
+    from ..models import has_pretrained
+    from ..training.probe import check_probe
+
+    m = cfg.model
+    check_probe(cfg, bool(m.weights) or (m.pretrained and has_pretrained(m.model)))
 
 
 def _auto_img_size(source: sources.Source, device: str = "auto") -> int:
@@ -372,11 +383,16 @@ def _build_learner(cfg: C.Config, td: TrainData, device, autocast, dist: Dist, r
         callbacks.append(cbs.FreezeBackbone(m.freeze_epochs, lambda frozen: set_backbone_frozen(model, frozen)))
     if cfg.run.log and dist.is_main:
         callbacks += tracking.make_trackers(cfg.run.log, run_dir, _flat(cfg), cfg.run.log_every)
-    learner = Learner(model=train_model, optimizer=opt, train_batches=td.train_batches, val_batches=td.val_batches,
+    kind, extra = Learner, {}
+    if t.preset == "probe":  # embed once, fit the head on the features (training/probe.py)
+        from ..training.probe import ProbeLearner
+
+        kind, extra = ProbeLearner, {"flip": cfg.augment.hflip > 0, "backbone": m.model, "progress": progress}
+    learner = kind(model=train_model, optimizer=opt, train_batches=td.train_batches, val_batches=td.val_batches,
                       lr=lr, schedule=schedule, epochs=t.epochs, num_classes=len(td.classes),
                       loss_weight=td.loss_weight, label_smoothing=t.label_smoothing, grad_clip=t.grad_clip,
                       autocast_dtype=autocast, device=device, callbacks=callbacks, eval_model=eval_model,
-                      is_main=dist.is_main)
+                      is_main=dist.is_main, **extra)
     callbacks.append(cbs.LastCheckpoint(RunDir(run_dir).last_checkpoint, lambda: {
         "classes": td.classes, "config": C.dump_yaml(cfg), "train_seconds": learner.train_seconds(),
         "world_size": dist.world_size}))

@@ -20,10 +20,18 @@ PHOTO = {
     "default": {**_PHOTO, "epochs": 8, "rrc_scale": 0.35},
     "best": {**_PHOTO, "epochs": 15, "rrc_scale": 0.25, "ema": 0.999},
 }
+# probe (training/probe.py): one pass of the frozen pretrained backbone, then a linear head by L-BFGS. hflip > 0
+# adds the flipped copy of every training image; the batch is the embedding batch; no smoothing (the head's
+# weight decay, chosen on val, is its regulariser); no early stopping (there is one epoch); lr 1 is L-BFGS's step
+PROBE = {"model": "efficientnet_lite0", "epochs": 1, "lr": "1", "batch_size": 64, "freeze_epochs": 0,
+         "label_smoothing": 0.0,
+         "hflip": 0.5, "patience": 0, "schedule": "constant", "warmup_epochs": 0.0}
 SMALL_MAX_PX = 64
 
 
 def preset_values(preset: str, img_size: int) -> dict:
+    if preset == "probe":  # a pretrained backbone at any size
+        return dict(PROBE)
     table = SMALL if img_size <= SMALL_MAX_PX else PHOTO
     return dict(table[preset])
 
