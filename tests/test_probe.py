@@ -131,3 +131,17 @@ def test_probe_refuses_what_it_cannot_honour(photos, runs_dir, options, message)
     with pytest.raises(ConfigError, match=message):
         picstory.train(str(photos), preset="probe", img_size=64, out=str(runs_dir), progress=False, **options)
     assert not runs_dir.exists() or not any(runs_dir.iterdir())
+
+
+def test_an_unset_preset_means_probe_for_photos_on_a_cpu():
+    from picstory.training.presets import default_is_probe
+
+    photos = dict(img_size=160, n_images=2_000, on_gpu=False, pretrained=True)
+    assert default_is_probe({"data": "x"}, **photos)
+    assert default_is_probe({"data": "x", "lr": "preset", "epochs": 0}, **photos)  # both mean "the preset's"
+    assert not default_is_probe({"data": "x", "preset": "default"}, **photos)  # asked for by name
+    assert not default_is_probe({"data": "x", "epochs": 8}, **photos)  # an option only fine-tuning uses
+    assert not default_is_probe({"data": "x"}, **{**photos, "img_size": 28})  # small images train from scratch
+    assert not default_is_probe({"data": "x"}, **{**photos, "on_gpu": True})
+    assert not default_is_probe({"data": "x"}, **{**photos, "pretrained": False})
+    assert not default_is_probe({"data": "x"}, **{**photos, "n_images": 50_000})

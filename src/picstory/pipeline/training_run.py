@@ -59,6 +59,9 @@ def resolve_config(user: dict, source: sources.Source) -> C.Config:
     config.yaml holds concrete values and replays the run exactly."""
     cfg = C.from_dict(user)
     img_size = cfg.data.img_size or _auto_img_size(source, cfg.train.device)
+    if _probe_by_default(user, cfg, img_size, len(source.records)):
+        user = {**user, "preset": "probe"}
+        cfg = C.from_dict(user)
     values = preset_values(cfg.train.preset, img_size)
     values["img_size"] = img_size
     values["batch_size"] = fit_batch_size(values["batch_size"], len(source.records))
@@ -87,6 +90,24 @@ def resolve_config(user: dict, source: sources.Source) -> C.Config:
     if resolved.train.preset == "probe":
         _check_probe(resolved)
     return resolved
+
+
+def _probe_by_default(user: dict, cfg: C.Config, img_size: int, n_images: int) -> bool:
+    import os
+
+    from ..models import has_pretrained
+    from ..training.presets import default_is_probe
+
+    m = cfg.model
+    model = m.model if m.model != "auto" else preset_values("probe", img_size)["model"]
+    on_gpu = cfg.train.device != "cpu" and torch.cuda.is_available()
+    pretrained = m.pretrained and not m.weights and has_pretrained(model)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 or not default_is_probe(user, img_size, n_images, on_gpu,
+                                                                          pretrained):
+        return False
+    print("note: photos on a CPU: --preset probe (a linear head on the pretrained backbone's features); "
+          "--preset default fine-tunes the whole network", file=sys.stderr)
+    return True
 
 
 def _check_probe(cfg: C.Config) -> None:
