@@ -75,7 +75,9 @@ def recipes(args) -> None:
           f"{td.n_train}/{len(td.splits['val'].labels)}/{len(td.splits['test'].labels)}", flush=True)
     del td
     rows = []
-    for name, options in RECIPES.items():
+    chosen = [n for n in RECIPES if not args.only or any(part in n for part in args.only.split(","))]
+    for name in chosen:
+        options = RECIPES[name]
         if name == "full fine-tune":
             options = {**options, "epochs": args.full_epochs}
         if name.startswith("probe") and "cached" not in name:
@@ -93,7 +95,7 @@ def recipes(args) -> None:
               f"{s['images_per_second']:6.1f} img/s", flush=True)
     print("\n| recipe | epochs | train s | whole run s | test acc | train img/s | × full fine-tune speed |")
     print("|---|---:|---:|---:|---:|---:|---:|")
-    full = rows[-1][2]
+    full = rows[-1][2] if chosen[-1] == "full fine-tune" else float("nan")
     for name, epochs, secs, whole, acc, rate in rows:
         print(f"| {name} | {epochs} | {secs:.1f} | {whole:.1f} | {acc:.4f} | {rate:.1f} | {full / secs:.1f}× |")
     print(f"\nthreads {threads}, {cfg.data.img_size} px, torch {torch.__version__}, "
@@ -104,6 +106,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--recipes", action="store_true", help="train probe / frozen epoch / full fine-tune")
     ap.add_argument("--full-epochs", type=int, default=3, help="--recipes: epochs of the full fine-tune")
+    ap.add_argument("--only", default="", help="--recipes: comma-separated parts of recipe names (e.g. probe,full)")
     ap.add_argument("--img-size", type=int, default=0, help="--recipes: image size (0 = picstory's choice)")
     ap.add_argument("--n", type=int, default=0, help="generated web-sized JPEGs (default 2000 with --recipes, "
                                                      "else 400)")
@@ -115,15 +118,17 @@ def main() -> None:
         args.n = args.n or 2000
         return recipes(args)
     args.n = args.n or 400
+    size = args.img_size or 224
 
     from picstory.device import cpu_has_fast_bf16, set_threads
     from picstory.models import set_backbone_frozen
     from picstory.pipeline.training_run import prepare
 
     threads = set_threads()
-    root = make_set(args.work / "web", args.n, (500, 375), workers=threads)
-    cfg, td, _, _ = prepare(str(root), model="efficientnet_lite0", img_size=224, batch_size=args.batch_size,
-                            rrc_scale=0.35, precision="fp32")
+    root = make_set(args.work / f"web-{args.n}", args.n, (500, 375), workers=threads)
+    os.environ["PICSTORY_CACHE"] = str(args.work / "cache")
+    cfg, td, _, _ = prepare(str(root), model="efficientnet_lite0", img_size=size, batch_size=args.batch_size,
+                            rrc_scale=0.35, precision="fp32", preset="default")
     state = {k: v.clone() for k, v in td.model.state_dict().items()}
     rows = []
     for frozen in (True, False):
@@ -141,7 +146,7 @@ def main() -> None:
     print(f"\n{'backbone':>8} {'variant':>9} {'img/s':>7} {'× eager fp32':>12}")
     for mode, variant, rate in rows:
         print(f"{mode:>8} {variant:>9} {rate:7.1f} {rate / base[mode]:12.2f}")
-    print(f"\nthreads {threads}, batch {args.batch_size}, 224 px, torch {torch.__version__}, "
+    print(f"\nthreads {threads}, batch {args.batch_size}, {size} px, torch {torch.__version__}, "
           f"{torch.backends.cpu.get_cpu_capability()}, date {time.strftime('%Y-%m-%d')}")
 
 

@@ -140,6 +140,16 @@ class ProbeLearner(Learner):
         z, z_val = (x - mu) / sigma, (self._val[0] - mu) / sigma
         class_w = None if self.loss_weight is None else self.loss_weight.float().cpu()
         sample_w = None if w is None else w.float().cpu()
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # (N, 1280) × (1280, K) products are too small to share: 4-5× less CPU on one
+        try:
+            best = self._grid(z, y, z_val, sample_w, class_w)
+        finally:
+            torch.set_num_threads(threads)
+        _, wd, weight, bias = best
+        return weight / sigma, bias - (weight / sigma) @ mu, wd
+
+    def _grid(self, z, y, z_val, sample_w, class_w) -> tuple:
         best, params = None, None
         for wd in WEIGHT_DECAYS:
             params = fit_linear(z, y, self.num_classes, wd, sample_w, class_w, self.label_smoothing, params)
@@ -147,8 +157,7 @@ class ProbeLearner(Learner):
                 val_loss = float(F.cross_entropy(z_val @ params[0].T + params[1], self._val[1]))
             if best is None or val_loss < best[0]:
                 best = (val_loss, wd, params[0].clone(), params[1].clone())
-        _, wd, weight, bias = best
-        return weight / sigma, bias - (weight / sigma) @ mu, wd
+        return best
 
 
 def fit_linear(x: torch.Tensor, y: torch.Tensor, num_classes: int, weight_decay: float,
