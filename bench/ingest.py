@@ -151,7 +151,8 @@ def profile(root: Path, work: Path, batches: int = 8) -> None:
     tv = (time.perf_counter() - t) / len(files)
     aug = Augmenter(AugmentConfig(rrc_scale=0.35), 0)
     g = make_generator(0)
-    pieces = {"index_select from the memmap itself": 0.0, "index_select (gather 64 rows)": 0.0, "random-resized-crop + flip (grid_sample)": 0.0,
+    pieces = {"index_select from the memmap itself": 0.0, "index_select (gather 64 rows)": 0.0,
+              "random-resized-crop + flip (grid_sample)": 0.0,
               "normalise to float channels_last": 0.0}
     for _ in range(batches):
         idx = torch.randint(len(rows), (BATCH,), generator=g)
