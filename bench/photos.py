@@ -5,7 +5,7 @@
 
 --recipes trains through ``picstory.train`` (the real path: decode-once cache, batches, engine, evaluation on the
 test split, report) on a generated folder of web-sized JPEGs, 5 classes: ``--preset probe`` (features once, with
-and without flipped copies, then once more with the features cached), one epoch of the head on the frozen
+and without flipped copies, then the latter once more with its features cached), one epoch of the head on the frozen
 backbone (the fine-tune's first epoch, with its augmentation), and the full fine-tune (``--preset default``, one
 frozen epoch then the whole network). The decode cache is filled before the first recipe so no recipe pays for
 it; the embedding cache is emptied before each probe except the cached rerun. Prints train seconds, test accuracy
@@ -54,7 +54,7 @@ def step_rate(model, batches, steps: int, bf16: bool, channels_last: bool) -> fl
 RECIPES = {  # name → picstory.train options (on top of the data's defaults)
     "probe, flipped copies": {"preset": "probe"},
     "probe, no flips": {"preset": "probe", "hflip": 0.0},
-    "probe, features cached": {"preset": "probe"},
+    "probe, no flips, cached": {"preset": "probe", "hflip": 0.0},  # the features of the run before
     "frozen epoch": {"preset": "default", "epochs": 1, "freeze_epochs": 1},
     "full fine-tune": {"preset": "default"},
 }

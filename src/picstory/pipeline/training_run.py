@@ -39,6 +39,7 @@ from ..training.distributed import (
 from ..training.engine import Learner
 from ..training.optim import build_optimizer, make_schedule, param_groups
 from ..training.presets import fit_batch_size, photo_size, preset_values
+from ..training.probe import ProbeLearner, check_probe, probe_by_default
 from ..training.setup import TrainData, load_train_data
 
 
@@ -59,7 +60,7 @@ def resolve_config(user: dict, source: sources.Source) -> C.Config:
     config.yaml holds concrete values and replays the run exactly."""
     cfg = C.from_dict(user)
     img_size = cfg.data.img_size or _auto_img_size(source, cfg.train.device)
-    if _probe_by_default(user, cfg, img_size, len(source.records)):
+    if probe_by_default(user, cfg, img_size, len(source.records)):
         user = {**user, "preset": "probe"}
         cfg = C.from_dict(user)
     values = preset_values(cfg.train.preset, img_size)
@@ -88,34 +89,8 @@ def resolve_config(user: dict, source: sources.Source) -> C.Config:
         extra["freeze_epochs"] = 1 if pretrained and resolved.train.epochs >= 3 else 0
     resolved = resolved.updated(**extra)
     if resolved.train.preset == "probe":
-        _check_probe(resolved)
+        check_probe(resolved)
     return resolved
-
-
-def _probe_by_default(user: dict, cfg: C.Config, img_size: int, n_images: int) -> bool:
-    import os
-
-    from ..models import has_pretrained
-    from ..training.presets import default_is_probe
-
-    m = cfg.model
-    model = m.model if m.model != "auto" else preset_values("probe", img_size)["model"]
-    on_gpu = cfg.train.device != "cpu" and torch.cuda.is_available()
-    pretrained = m.pretrained and not m.weights and has_pretrained(model)
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 or not default_is_probe(user, img_size, n_images, on_gpu,
-                                                                          pretrained):
-        return False
-    print("note: photos on a CPU: --preset probe (a linear head on the pretrained backbone's features); "
-          "--preset default fine-tunes the whole network", file=sys.stderr)
-    return True
-
-
-def _check_probe(cfg: C.Config) -> None:
-    from ..models import has_pretrained
-    from ..training.probe import check_probe
-
-    m = cfg.model
-    check_probe(cfg, bool(m.weights) or (m.pretrained and has_pretrained(m.model)))
 
 
 def _auto_img_size(source: sources.Source, device: str = "auto") -> int:
@@ -406,8 +381,6 @@ def _build_learner(cfg: C.Config, td: TrainData, device, autocast, dist: Dist, r
         callbacks += tracking.make_trackers(cfg.run.log, run_dir, _flat(cfg), cfg.run.log_every)
     kind, extra = Learner, {}
     if t.preset == "probe":  # embed once, fit the head on the features (training/probe.py)
-        from ..training.probe import ProbeLearner
-
         kind, extra = ProbeLearner, {"flip": cfg.augment.hflip > 0, "backbone": m.model, "progress": progress}
     learner = kind(model=train_model, optimizer=opt, train_batches=td.train_batches, val_batches=td.val_batches,
                       lr=lr, schedule=schedule, epochs=t.epochs, num_classes=len(td.classes),

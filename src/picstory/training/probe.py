@@ -43,9 +43,29 @@ LBFGS_ITERATIONS = 100
 KEEP_EMBEDDINGS = 20  # cached embedding files kept (newest first); each is N × 1280 × 4 bytes
 
 
-def check_probe(cfg: C.Config, pretrained: bool) -> None:
+def probe_by_default(user: dict, cfg: C.Config, img_size: int, n_images: int) -> bool:
+    """Whether this run's unset --preset means probe (presets.default_is_probe); prints a note when it does."""
+    from ..models import has_pretrained
+    from .presets import default_is_probe, preset_values
+
+    m = cfg.model
+    model = m.model if m.model != "auto" else preset_values("probe", img_size)["model"]
+    on_gpu = cfg.train.device != "cpu" and torch.cuda.is_available()
+    pretrained = m.pretrained and not m.weights and has_pretrained(model)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 or not default_is_probe(user, img_size, n_images, on_gpu,
+                                                                          pretrained):
+        return False
+    print("note: photos on a CPU: --preset probe (a linear head on the pretrained backbone's features); "
+          "--preset default fine-tunes the whole network", file=sys.stderr)
+    return True
+
+
+def check_probe(cfg: C.Config) -> None:
     """The options a probe cannot honour fail before any data is read, naming the option."""
-    t = cfg.train
+    from ..models import has_pretrained
+
+    t, m = cfg.train, cfg.model
+    pretrained = bool(m.weights) or (m.pretrained and has_pretrained(m.model))
     if not pretrained:
         raise ConfigError(f"--preset probe needs a pretrained backbone: '{cfg.model.model}' has no offline weights "
                           "here (use --model efficientnet_lite0, or --weights FILE), or choose --preset default")
