@@ -107,14 +107,75 @@ def picstory_epoch(root: Path, epoch: int, cache_dir: Path) -> tuple[float, floa
     cached = load_images(source, range(len(source.records)), SIZE, 3, "crop", workers=0, progress=False,
                          cache_dir=cache_dir)
     t_ingest = time.perf_counter() - t0
-    # an N×C×H×W copy: index_select on the permuted (channels-last) view of the memmap takes a slow path
-    images = torch.from_numpy(cached.images).permute(0, 3, 1, 2).contiguous()
+    # as training does (training/setup.py): one sequential read of the memmap into memory, kept in the cache's
+    # N×H×W×C layout, from which BatchIterator gathers whole rows (random gathers from the memmap page-fault)
+    images = torch.from_numpy(np.ascontiguousarray(cached.images)).permute(0, 3, 1, 2)
     it = BatchIterator(images, labels, BATCH, MEAN, STD, augment=AugmentConfig(rrc_scale=0.35), shuffle=True,
                        seed=0)
     it.set_epoch(epoch)
     for _ in it:
         pass
     return time.perf_counter() - t0, t_ingest
+
+
+# ---- where the time goes -----------------------------------------------------------------------------------------
+
+
+def profile(root: Path, work: Path, batches: int = 8) -> None:
+    """Seconds per 64-image batch of each piece of picstory's epoch (cache hit) and per file of each side's decode,
+    one process, timed back to back: which piece bounds the whole-epoch ratio."""
+    from PIL import Image
+    from torchvision import transforms
+
+    from picstory.data.batches import Augmenter, make_generator, normalize
+
+    source = resolve(str(root))
+    with tempfile.TemporaryDirectory(dir=work) as cache_dir:
+        files = [r.ref for r in source.records[:64]]
+        t = time.perf_counter()
+        load_images(source, range(64), SIZE, 3, "crop", workers=1, progress=False, cache_dir=Path(cache_dir))
+        fill = (time.perf_counter() - t) / 64
+        n = min(len(source.records), 256)
+        cached = load_images(source, range(n), SIZE, 3, "crop", progress=False, cache_dir=Path(cache_dir))
+        t = time.perf_counter()
+        cached = load_images(source, range(n), SIZE, 3, "crop", progress=False, cache_dir=Path(cache_dir))
+        hit = time.perf_counter() - t
+        memmap_rows = torch.from_numpy(np.asarray(cached.images))
+        rows = torch.from_numpy(np.ascontiguousarray(cached.images))  # what training gathers from
+    tf = transforms.Compose([transforms.RandomResizedCrop(SIZE), transforms.RandomHorizontalFlip(),
+                             transforms.ToTensor()])
+    t = time.perf_counter()
+    for f in files:
+        with Image.open(f) as im:
+            tf(im.convert("RGB"))
+    tv = (time.perf_counter() - t) / len(files)
+    aug = Augmenter(AugmentConfig(rrc_scale=0.35), 0)
+    g = make_generator(0)
+    pieces = {"index_select from the memmap itself": 0.0, "index_select (gather 64 rows)": 0.0,
+              "random-resized-crop + flip (grid_sample)": 0.0,
+              "normalise to float channels_last": 0.0}
+    for _ in range(batches):
+        idx = torch.randint(len(rows), (BATCH,), generator=g)
+        tm = time.perf_counter()
+        memmap_rows.index_select(0, idx)
+        t0 = time.perf_counter()
+        x = rows.index_select(0, idx).permute(0, 3, 1, 2)
+        t1 = time.perf_counter()
+        x, _ = aug(x, torch.zeros(BATCH, dtype=torch.long), g)
+        t2 = time.perf_counter()
+        normalize(x, MEAN, STD)
+        t3 = time.perf_counter()
+        for key, dt in zip(pieces, (t0 - tm, t1 - t0, t2 - t1, t3 - t2)):
+            pieces[key] += dt / batches
+    per_image = {k: v / BATCH for k, v in pieces.items()}
+    print(f"  profile of {root.name} ({len(source.records)} files), ms per image, one process:")
+    print(f"    torchvision per file (decode + RRC + flip + ToTensor)  {1e3 * tv:7.2f}")
+    print(f"    picstory fill per file (decode at draft size, resize)  {1e3 * fill:7.2f}  (1 thread)")
+    print(f"    picstory cache hit ({n} files)                          {1e3 * hit / n:7.3f}")
+    for k, v in per_image.items():
+        print(f"    batch side: {k:42s} {1e3 * v:7.2f}")
+    total = sum(v for k, v in per_image.items() if "memmap" not in k)
+    print(f"    batch side total (from memory)                         {1e3 * total:7.2f}")
 
 
 # ---- report ------------------------------------------------------------------------------------------------------
@@ -151,10 +212,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--work", type=Path, default=Path("/tmp/picstory-bench-ingest"), help="scratch folder")
     ap.add_argument("--cores", type=int, default=0,
                     help="pin the timed part to this many cores (0 = all; generation always uses all)")
+    ap.add_argument("--profile", action="store_true", help="time each piece of both sides instead of the epochs")
     args = ap.parse_args(argv)
     args.work.mkdir(parents=True, exist_ok=True)
     sets = [(name, n) for name, n in (("web", args.n_web), ("camera", args.n_camera)) if n]
     roots = {name: make_set(args.work / f"{name}-{n}", n, SETS[name], available_cores()) for name, n in sets}
+    if args.profile:
+        torch.set_num_threads(available_cores())
+        for name, _ in sets:
+            profile(roots[name], args.work)
+        return 0
     if args.cores:  # DataLoader workers and decode threads inherit the affinity: both sides get the same cores
         os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[: args.cores])
     cores = available_cores()

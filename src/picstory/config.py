@@ -29,6 +29,7 @@ TABLE_FORMATS = ("table", "json", "csv")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 LOGGERS = ("tensorboard", "mlflow")
 PRUNERS = ("median", "halving", "none")
+PRESETS = ("fast", "default", "best", "probe")
 
 
 def opt(default, help: str, choices: tuple | None = None, min: float | None = None, max: float | None = None):
@@ -93,7 +94,8 @@ class AugmentConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    preset: str = opt("default", "recipe preset: fast, default or best", choices=("fast", "default", "best"))
+    preset: str = opt("default", "recipe preset: fast, default, best, or probe (a linear head on the pretrained "
+                                 "backbone's cached features, trained in seconds)", choices=PRESETS)
     epochs: int = opt(0, "maximum epochs (0 = preset's choice)", min=0)
     batch_size: int = opt(0, "images per step, all processes together (0 = preset's choice)", min=0)
     optimizer: str = opt("adamw", "optimizer", choices=OPTIMIZERS)

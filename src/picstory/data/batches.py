@@ -310,6 +310,14 @@ def _dev(t: torch.Tensor, device) -> torch.Tensor:
     return t.to(device, non_blocking=True)
 
 
+def _gather_rows(rows: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """``rows.index_select(0, idx)``; on a CPU by numpy's take, one memcpy per row: torch's parallel uint8 gather
+    took 43 ms (1 thread) to 970 ms (2 threads, busy cores) for 64 rows of 224×224×3, numpy 12 ms either way."""
+    if rows.device.type != "cpu":
+        return rows.index_select(0, idx)
+    return torch.from_numpy(np.take(rows.numpy(), idx.numpy(), axis=0))
+
+
 def _to_float(x: torch.Tensor) -> torch.Tensor:
     return x if x.dtype == torch.float32 else x.to(torch.float32, memory_format=CL)
 
@@ -389,7 +397,7 @@ class BatchIterator:
         g = make_generator(self.seed, self.epoch, self.rank, 1)
         for b in range(len(self)):
             idx = order[b * self.batch_size:(b + 1) * self.batch_size]
-            x = (self._rows.index_select(0, idx).permute(0, 3, 1, 2) if self._rows is not None
+            x = (_gather_rows(self._rows, idx).permute(0, 3, 1, 2) if self._rows is not None
                  else self.images.index_select(0, idx)).to(self.device, non_blocking=True)
             y = self.labels.index_select(0, idx.to(self.labels.device)).to(self.device, non_blocking=True)
             if self.augmenter is not None:

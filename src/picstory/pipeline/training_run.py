@@ -39,6 +39,7 @@ from ..training.distributed import (
 from ..training.engine import Learner
 from ..training.optim import build_optimizer, make_schedule, param_groups
 from ..training.presets import fit_batch_size, photo_size, preset_values
+from ..training.probe import ProbeLearner, check_probe, probe_by_default
 from ..training.setup import TrainData, check_multilabel_config, load_train_data
 
 
@@ -59,6 +60,9 @@ def resolve_config(user: dict, source: sources.Source) -> C.Config:
     config.yaml holds concrete values and replays the run exactly."""
     cfg = C.from_dict(user)
     img_size = cfg.data.img_size or _auto_img_size(source, cfg.train.device)
+    if not source.multilabel and probe_by_default(user, cfg, img_size, len(source.records)):
+        user = {**user, "preset": "probe"}
+        cfg = C.from_dict(user)
     values = preset_values(cfg.train.preset, img_size)
     values["img_size"] = img_size
     values["batch_size"] = fit_batch_size(values["batch_size"], len(source.records))
@@ -85,7 +89,13 @@ def resolve_config(user: dict, source: sources.Source) -> C.Config:
         # a pretrained backbone first waits one epoch while the new, random head learns (fine-tuning practice)
         pretrained = resolved.model.pretrained and not resolved.model.weights and has_pretrained(model)
         extra["freeze_epochs"] = 1 if pretrained and resolved.train.epochs >= 3 else 0
-    return resolved.updated(**extra)
+    resolved = resolved.updated(**extra)
+    if resolved.train.preset == "probe":
+        if source.multilabel:
+            raise ConfigError("--preset probe fits a single-label (softmax) head; for multi-label data choose "
+                                "--preset default or fast")
+        check_probe(resolved)
+    return resolved
 
 
 def _auto_img_size(source: sources.Source, device: str = "auto") -> int:
@@ -376,11 +386,14 @@ def _build_learner(cfg: C.Config, td: TrainData, device, autocast, dist: Dist, r
         callbacks.append(cbs.FreezeBackbone(m.freeze_epochs, lambda frozen: set_backbone_frozen(model, frozen)))
     if cfg.run.log and dist.is_main:
         callbacks += tracking.make_trackers(cfg.run.log, run_dir, _flat(cfg), cfg.run.log_every)
-    learner = Learner(model=train_model, optimizer=opt, train_batches=td.train_batches, val_batches=td.val_batches,
+    kind, extra = Learner, {}
+    if t.preset == "probe":  # embed once, fit the head on the features (training/probe.py)
+        kind, extra = ProbeLearner, {"flip": cfg.augment.hflip > 0, "backbone": m.model, "progress": progress}
+    learner = kind(model=train_model, optimizer=opt, train_batches=td.train_batches, val_batches=td.val_batches,
                       lr=lr, schedule=schedule, epochs=t.epochs, num_classes=len(td.classes),
                       loss_weight=td.loss_weight, label_smoothing=t.label_smoothing, grad_clip=t.grad_clip,
                       autocast_dtype=autocast, device=device, callbacks=callbacks, eval_model=eval_model,
-                      is_main=dist.is_main, multilabel=td.multilabel, pos_weight=td.pos_weight)
+                      is_main=dist.is_main, multilabel=td.multilabel, pos_weight=td.pos_weight, **extra)
     callbacks.append(cbs.LastCheckpoint(RunDir(run_dir).last_checkpoint, lambda: {
         "classes": td.classes, "config": C.dump_yaml(cfg), "train_seconds": learner.train_seconds(),
         "world_size": dist.world_size}))

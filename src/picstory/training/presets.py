@@ -20,12 +20,35 @@ PHOTO = {
     "default": {**_PHOTO, "epochs": 8, "rrc_scale": 0.35},
     "best": {**_PHOTO, "epochs": 15, "rrc_scale": 0.25, "ema": 0.999},
 }
+# probe (training/probe.py): one pass of the frozen pretrained backbone, then a linear head by L-BFGS. hflip > 0
+# adds the flipped copy of every training image; the batch is the embedding batch; no smoothing (the head's
+# weight decay, chosen on val, is its regulariser); no early stopping (there is one epoch); lr 1 is L-BFGS's step
+PROBE = {"model": "efficientnet_lite0", "epochs": 1, "lr": "1", "batch_size": 64, "freeze_epochs": 0,
+         "label_smoothing": 0.0,
+         "hflip": 0.5, "patience": 0, "schedule": "constant", "warmup_epochs": 0.0}
 SMALL_MAX_PX = 64
+# Left at its default, the preset is probe for photos on a CPU when pretrained weights are there and the training
+# set is at most this large (bench/README.md, "Photos"): the probe reached the fine-tune's test accuracy in a small
+# fraction of its time. --preset default (or any option only fine-tuning uses) fine-tunes the whole network.
+PROBE_DEFAULT_MAX_IMAGES = 10_000
+FINE_TUNE_KEYS = ("epochs", "freeze_epochs", "backbone_lr_mult", "drop_rate", "ema", "progressive", "lr", "optimizer",
+                  "schedule", "weight_decay", "warmup_epochs", "momentum", "nesterov", "label_smoothing", "patience",
+                  "grad_clip", "compile", "balanced_sampling", "translate", "rrc_scale", "rotate_deg", "brightness",
+                  "contrast", "erase", "mixup", "cutmix", "vflip", "folds")
 
 
 def preset_values(preset: str, img_size: int) -> dict:
+    if preset == "probe":  # a pretrained backbone at any size
+        return dict(PROBE)
     table = SMALL if img_size <= SMALL_MAX_PX else PHOTO
     return dict(table[preset])
+
+
+def default_is_probe(user: dict, img_size: int, n_images: int, on_gpu: bool, pretrained: bool) -> bool:
+    """Whether an unset --preset means probe (see PROBE_DEFAULT_MAX_IMAGES); ``user`` holds what the user set."""
+    fine_tune = [k for k in FINE_TUNE_KEYS if k in user and str(user[k]) not in ("preset", "0")]
+    return ("preset" not in user and not fine_tune and not on_gpu and pretrained and img_size > SMALL_MAX_PX
+            and n_images <= PROBE_DEFAULT_MAX_IMAGES)
 
 
 def photo_size(median_short_side: float, on_gpu: bool = False) -> int:
