@@ -147,6 +147,48 @@ def matmul_flops() -> dict:
     return out
 
 
+def cpu_line() -> str:
+    """The CPU model, torch's kernel capability (what ATen dispatches to) and the vector flags that matter here."""
+    import platform
+
+    import torch
+
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name") and model in ("x86_64", ""):
+                model = line.split(":", 1)[1].strip()
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                break
+    except OSError:
+        pass
+    wanted = ["avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8"]
+    return (f"CPU: {model}; torch capability {torch.backends.cpu.get_cpu_capability()}; "
+            f"flags {' '.join(f for f in wanted if f in flags) or 'none of avx2/avx512/amx'}; cores {os.cpu_count()}")
+
+
+def targets(results: dict) -> list[str]:
+    """The issue's targets, as ratios to the reference measured in this run."""
+    ref, out = results.get("reference"), []
+    if not ref:
+        return out
+    if "fast" in results:
+        r = results["fast"]
+        share = r["seconds"] / ref["seconds"]
+        ok = r["test_accuracy"] >= ref["test_accuracy"] and share <= 0.25
+        out.append(f"fast ≥ reference acc in ≤ 25 % of its time: {r['test_accuracy']:.4f} vs "
+                   f"{ref['test_accuracy']:.4f} in {100 * share:.0f} % — {'met' if ok else 'NOT met'}")
+    for name, goal in (("default", 0.935), ("best", 0.940)):
+        if name in results:
+            r = results[name]
+            share = r["seconds"] / ref["seconds"]
+            ok = r["test_accuracy"] >= goal and share <= 1.0
+            out.append(f"{name} ≥ {100 * goal:.1f} % within the reference's time: {r['test_accuracy']:.4f} in "
+                       f"{100 * share:.0f} % — {'met' if ok else 'NOT met'}")
+    return out
+
+
 def train_flops_per_image(model: str, img_size: int) -> float:
     from picstory.models import count_flops, create_model
 
@@ -164,6 +206,7 @@ def main() -> None:
     out = args.out or tempfile.mkdtemp(prefix="picstory-bench-")
     if args.child:
         return child(args.child, out, args.extra)
+    print(cpu_line(), flush=True)
     peak = matmul_flops()
     print("matmul GFLOP/s: " + ", ".join(f"{k} {v / 1e9:.0f}" for k, v in peak.items()), flush=True)
     results = {}
@@ -182,6 +225,8 @@ def main() -> None:
         dacc = r["test_accuracy"] - ref["test_accuracy"] if ref else float("nan")
         print(f"{name:>9} {r['model']:>15} {r['test_accuracy']:8.4f} {r['seconds']:8.1f} {r['epochs']:6d} "
               f"{ratio:9.2f} {dacc:+7.4f} {r['peak_rss_mb']:7.0f} {100 * flops / best_peak:5.1f}%")
+    for line in targets(results):
+        print(line)
     print(f"\ncores {os.cpu_count()}, torch threads default, date {time.strftime('%Y-%m-%d')}")
 
 
