@@ -21,6 +21,16 @@ PHOTO = {
     "best": {**_PHOTO, "epochs": 15, "rrc_scale": 0.25, "ema": 0.999},
 }
 SMALL_MAX_PX = 64
+# The next smaller model of a family, for --time-budget when the preset's model cannot train enough epochs in time.
+SMALLER = {"picnet-l": "picnet-m", "picnet-m": "picnet-s"}
+
+
+def model_ladder(model: str) -> list[str]:
+    """``model`` and the smaller models of its family, largest first."""
+    ladder = [model]
+    while ladder[-1] in SMALLER:
+        ladder.append(SMALLER[ladder[-1]])
+    return ladder
 
 
 def preset_values(preset: str, img_size: int) -> dict:
