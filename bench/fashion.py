@@ -25,7 +25,10 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 
 
-def reference(max_epochs: int = 30, patience: int = 2, seed: int = 0, device: str = "cpu") -> dict:
+def reference(max_epochs: int = 30, patience: int = 2, seed: int = 0, device: str = "cpu",
+              deadline: float | None = None) -> dict:
+    """``deadline``: a time.perf_counter() value at which training stops, even mid-epoch (bench/budget.py); the
+    best validated weights so far are tested, or the current ones when no epoch finished."""
     import numpy as np
     import torch
     from PIL import Image
@@ -72,12 +75,18 @@ def reference(max_epochs: int = 30, patience: int = 2, seed: int = 0, device: st
         return correct / n
 
     best, best_state, wait, epochs, start = -1.0, None, 0, 0, time.perf_counter()
+    steps = 0
     for epoch in range(max_epochs):
         model.train()
         for x, y in train_dl:
             opt.zero_grad()
             loss_fn(model(x.to(device)), y.to(device)).backward()
             opt.step()
+            steps += 1
+            if deadline is not None and time.perf_counter() > deadline:
+                break
+        if deadline is not None and time.perf_counter() > deadline:
+            break
         epochs += 1
         acc = accuracy(val_dl)
         if acc > best:
@@ -88,9 +97,10 @@ def reference(max_epochs: int = 30, patience: int = 2, seed: int = 0, device: st
             if wait >= patience:
                 break
     seconds = time.perf_counter() - start
-    model.load_state_dict(best_state)
+    if best_state is not None:
+        model.load_state_dict(best_state)
     return {"seconds": seconds, "epochs": epochs, "test_accuracy": accuracy(test_dl), "val_accuracy": best,
-            "images": epochs * len(train_set), "model": "seed-mnist-cnn", "img_size": 28}
+            "images": steps * 64, "model": "seed-mnist-cnn", "img_size": 28}
 
 
 def picstory_run(preset: str, out: str, extra: list[str]) -> dict:
