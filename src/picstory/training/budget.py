@@ -62,7 +62,9 @@ class Plan:
     def line(self, text: str) -> str:
         return (f"time budget {text}: {self.model}, {self.epochs} epochs × {self.epoch_s:.1f}s "
                 f"(step {1000 * self.step_s:.0f} ms) + test/report {self.final_s:.0f}s + {self.spent_s:.0f}s so far "
-                f"≈ {_clock(self.predicted_s)} of {_clock(self.budget_s)}")
+                f"≈ {_clock(self.predicted_s)} of {_clock(self.budget_s)}"
+                + (" (over: this machine is slower than the budget allows; one epoch, ended early if it must)"
+                   if self.predicted_s > self.budget_s else ""))
 
     def to_dict(self) -> dict:
         return {k: round(v, 3) if isinstance(v, float) else v for k, v in asdict(self).items()}
