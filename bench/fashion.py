@@ -25,7 +25,10 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 
 
-def reference(max_epochs: int = 30, patience: int = 2, seed: int = 0, device: str = "cpu") -> dict:
+def reference(max_epochs: int = 30, patience: int = 2, seed: int = 0, device: str = "cpu",
+              deadline: float | None = None) -> dict:
+    """``deadline``: a time.perf_counter() value at which training stops, even mid-epoch (bench/budget.py); the
+    best validated weights so far are tested, or the current ones when no epoch finished."""
     import numpy as np
     import torch
     from PIL import Image
@@ -72,12 +75,18 @@ def reference(max_epochs: int = 30, patience: int = 2, seed: int = 0, device: st
         return correct / n
 
     best, best_state, wait, epochs, start = -1.0, None, 0, 0, time.perf_counter()
+    steps = 0
     for epoch in range(max_epochs):
         model.train()
         for x, y in train_dl:
             opt.zero_grad()
             loss_fn(model(x.to(device)), y.to(device)).backward()
             opt.step()
+            steps += 1
+            if deadline is not None and time.perf_counter() > deadline:
+                break
+        if deadline is not None and time.perf_counter() > deadline:
+            break
         epochs += 1
         acc = accuracy(val_dl)
         if acc > best:
@@ -88,9 +97,10 @@ def reference(max_epochs: int = 30, patience: int = 2, seed: int = 0, device: st
             if wait >= patience:
                 break
     seconds = time.perf_counter() - start
-    model.load_state_dict(best_state)
+    if best_state is not None:
+        model.load_state_dict(best_state)
     return {"seconds": seconds, "epochs": epochs, "test_accuracy": accuracy(test_dl), "val_accuracy": best,
-            "images": epochs * len(train_set), "model": "seed-mnist-cnn", "img_size": 28}
+            "images": steps * 64, "model": "seed-mnist-cnn", "img_size": 28}
 
 
 def picstory_run(preset: str, out: str, extra: list[str]) -> dict:
@@ -147,6 +157,48 @@ def matmul_flops() -> dict:
     return out
 
 
+def cpu_line() -> str:
+    """The CPU model, torch's kernel capability (what ATen dispatches to) and the vector flags that matter here."""
+    import platform
+
+    import torch
+
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name") and model in ("x86_64", ""):
+                model = line.split(":", 1)[1].strip()
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                break
+    except OSError:
+        pass
+    wanted = ["avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8"]
+    return (f"CPU: {model}; torch capability {torch.backends.cpu.get_cpu_capability()}; "
+            f"flags {' '.join(f for f in wanted if f in flags) or 'none of avx2/avx512/amx'}; cores {os.cpu_count()}")
+
+
+def targets(results: dict) -> list[str]:
+    """The issue's targets, as ratios to the reference measured in this run."""
+    ref, out = results.get("reference"), []
+    if not ref:
+        return out
+    if "fast" in results:
+        r = results["fast"]
+        share = r["seconds"] / ref["seconds"]
+        ok = r["test_accuracy"] >= ref["test_accuracy"] and share <= 0.25
+        out.append(f"fast ≥ reference acc in ≤ 25 % of its time: {r['test_accuracy']:.4f} vs "
+                   f"{ref['test_accuracy']:.4f} in {100 * share:.0f} % — {'met' if ok else 'NOT met'}")
+    for name, goal in (("default", 0.935), ("best", 0.940)):
+        if name in results:
+            r = results[name]
+            share = r["seconds"] / ref["seconds"]
+            ok = r["test_accuracy"] >= goal and share <= 1.0
+            out.append(f"{name} ≥ {100 * goal:.1f} % within the reference's time: {r['test_accuracy']:.4f} in "
+                       f"{100 * share:.0f} % — {'met' if ok else 'NOT met'}")
+    return out
+
+
 def train_flops_per_image(model: str, img_size: int) -> float:
     from picstory.models import count_flops, create_model
 
@@ -164,6 +216,7 @@ def main() -> None:
     out = args.out or tempfile.mkdtemp(prefix="picstory-bench-")
     if args.child:
         return child(args.child, out, args.extra)
+    print(cpu_line(), flush=True)
     peak = matmul_flops()
     print("matmul GFLOP/s: " + ", ".join(f"{k} {v / 1e9:.0f}" for k, v in peak.items()), flush=True)
     results = {}
@@ -182,6 +235,8 @@ def main() -> None:
         dacc = r["test_accuracy"] - ref["test_accuracy"] if ref else float("nan")
         print(f"{name:>9} {r['model']:>15} {r['test_accuracy']:8.4f} {r['seconds']:8.1f} {r['epochs']:6d} "
               f"{ratio:9.2f} {dacc:+7.4f} {r['peak_rss_mb']:7.0f} {100 * flops / best_peak:5.1f}%")
+    for line in targets(results):
+        print(line)
     print(f"\ncores {os.cpu_count()}, torch threads default, date {time.strftime('%Y-%m-%d')}")
 
 

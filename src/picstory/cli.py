@@ -183,6 +183,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if "torch" not in sys.modules:  # read once, when torch loads its OpenMP runtime (device.passive_wait_env)
+        from .device import passive_wait_env
+
+        passive_wait_env()
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra:

@@ -71,10 +71,13 @@ def cmd_train(args: argparse.Namespace, argv: list[str]) -> int:
         from .launch import launch
 
         return launch(args.nproc, argv, device=args.device or "auto")
+    import time
+
+    from .device import process_age
     from .pipeline.cv_run import train
 
     run = train(args.data, config=args.config, resume=args.resume, progress=not args.quiet,
-                command=_cmdline(argv), **_overrides(args))
+                command=_cmdline(argv), started=time.perf_counter() - process_age(), **_overrides(args))
     s = run.summary
     if s and s.get("folds"):
         test = (f", test acc {s['test_accuracy']:.4f} ± {s['test_accuracy_std']:.4f}"
@@ -116,6 +119,9 @@ def cmd_eval(args: argparse.Namespace, argv: list[str]) -> int:
           f"{r.get(top, float('nan')):.4f}  "
           f"loss {r['loss']:.4f}  ({r['n']} images, tta {r['tta']})")
     print(confidence_line(r))
+    if r.get("majority_class") is not None:
+        print(f"balanced accuracy {r['balanced_accuracy']:.4f}  majority baseline {r['majority_baseline']:.4f} "
+              f"(always {r['majority_class']!r})")
     worst = sorted(r["per_class"], key=lambda c: c["f1"])[:3]
     print("weakest classes: " + ", ".join(f"{c['class']} (F1 {c['f1']:.2f})" for c in worst))
     if r.get("by_group"):

@@ -119,7 +119,9 @@ class TrainConfig:
     precision: str = opt("auto", "compute precision", choices=PRECISIONS)
     device: str = opt("auto", "device: auto, cpu or cuda", choices=("auto", "cpu", "cuda"))
     seed: int = opt(0, "random seed (same seed → same run on CPU)")
-    threads: int = opt(0, "CPU threads (0 = all cores)", min=0)
+    threads: int = opt(0, "CPU threads (0 = the free cores shared among the picstory runs on this machine)", min=0)
+    time_budget: str = opt("", "wall-clock budget for the whole run, e.g. 90s, 10m, 1h: epochs (and a smaller "
+                               "model) are chosen to fit it (empty = none)")
     compile: bool = opt(False, "torch.compile the model")
 
 
@@ -239,9 +241,27 @@ def coerce(key: str, value: Any) -> Any:
             assert all(s >= 8 for s in sizes)
         except (ValueError, AssertionError):
             raise ConfigError(f"'progressive' must be comma-separated sizes ≥ 8 px, got {value!r}") from None
+    if key == "time_budget" and value:
+        parse_duration(value)
     if key == "folds" and value == 1:
         raise ConfigError("'folds' must be 0 (off) or at least 2, got 1: one fold leaves nothing to validate on")
     return value
+
+
+_UNITS = {"s": 1, "m": 60, "min": 60, "h": 3600}
+
+
+def parse_duration(text: str) -> float:
+    """ "90s", "10m", "1.5h", "600" (seconds) → seconds."""
+    value = str(text).strip().lower()
+    number, unit = value.rstrip("sminh") or "", value[len(value.rstrip("sminh")):] or "s"
+    try:
+        seconds = float(number) * _UNITS[unit]
+    except (KeyError, ValueError):
+        raise ConfigError(f"'time_budget' must be a duration like 90s, 10m or 1h, got {text!r}") from None
+    if seconds <= 0:
+        raise ConfigError(f"'time_budget' must be above 0, got {text!r}")
+    return seconds
 
 
 def from_dict(d: dict, base: Config | None = None) -> Config:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import csv
 import math
+import os
 import signal
 import subprocess
 import sys
@@ -17,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
+from ..device import passive_wait_env
 from ..errors import UserError
 from ..files import read_json
 from ..runs import RunDir
@@ -116,7 +118,9 @@ def _train_cell_process(task: dict, log_dir: Path, running: dict) -> dict:
     log_dir.mkdir(exist_ok=True)
     log = log_dir / f"{task['cell']}.log"
     with open(log, "w") as f:
-        proc = subprocess.Popen(cell_command(task), stdout=f, stderr=subprocess.STDOUT)
+        # cells side by side wait passively: a spinning OpenMP thread steals the core its sibling cell needs
+        proc = subprocess.Popen(cell_command(task), stdout=f, stderr=subprocess.STDOUT,
+                                env=passive_wait_env(dict(os.environ)))
         running[task["cell"]] = proc
         code = proc.wait()
         running.pop(task["cell"], None)

@@ -214,7 +214,7 @@ def sweep(data: str, grid: Any, repeats: int = 1, jobs: int = 1, name: str = "",
         tasks.append({"cell": cell.name, "data": data, "out": str(path), "name": cell.name, "command": command,
                       "overrides": cell_overrides, "resume": str(path / cell.name) if state == "resume" else None})
     jobs = max(1, min(jobs, len(tasks)))
-    threads = int(overrides.get("threads") or max(1, cores() // jobs))
+    threads = int(overrides.get("threads") or max(1, cores() // jobs))  # cores: affinity and cgroup quota
     if jobs > 1 and "threads" not in overrides:  # cells at once share the cores instead of fighting over them
         for task in tasks:
             task["overrides"]["threads"] = threads

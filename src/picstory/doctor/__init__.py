@@ -30,6 +30,7 @@ from .findings import (
     _accuracy,
     _pct,
     _run_path,
+    baselines,
     cfg_value,
     data_spec,
     load_run,
@@ -49,15 +50,16 @@ from .rules import (  # noqa: F401  (re-exported: picstory.doctor.check_* is the
     check_leaks,
     check_lr_too_high,
     check_mislabelled,
+    check_near_baseline,
     check_overfitting,
     check_spikes,
     check_underfitting,
     check_weak_classes,
 )
 
-KIND_ORDER = ("diverged", "unstable", "lr_too_high", "leak", "underfitting", "overfitting", "imbalance",
-              "weak_classes", "catch_all", "confused_pair", "mislabelled", "few_images", "bad_files", "miscalibrated",
-              "unknown_inputs", "calibrated")
+KIND_ORDER = ("diverged", "unstable", "lr_too_high", "leak", "near_baseline", "underfitting", "overfitting",
+              "imbalance", "weak_classes", "catch_all", "confused_pair", "mislabelled", "few_images", "bad_files",
+              "miscalibrated", "unknown_inputs", "calibrated")
 
 
 # ---------------------------------------------------------------- verdict
@@ -86,6 +88,7 @@ def diagnose_loaded(run: Mapping, target_accuracy: float | None = None,
     findings += [weak] if weak else []
     findings.sort(key=_sort_key)
     acc, split = _accuracy(run)
+    base = baselines(run)
     blockers = [f for f in findings if f.kind in ("diverged", "leak") and f.severity == "problem"]
     if target is None and recall_target is None:
         verdict = "no target given"
@@ -103,13 +106,18 @@ def diagnose_loaded(run: Mapping, target_accuracy: float | None = None,
         next_step = train_cmd(run, "--preset best", same_recipe=False)
     return {"verdict": verdict, "accuracy": acc, "split": split, "target_accuracy": target,
             "class_recall_target": recall_target,
-            "summary": _summary(verdict, acc, split, target, recall_target, findings, blockers),
+            "balanced_accuracy": base.get("balanced_accuracy"), "majority_baseline": base.get("majority_baseline"),
+            "majority_class": base.get("majority_class"),
+            "summary": _summary(verdict, acc, split, target, recall_target, findings, blockers, base),
             "findings": [asdict(f) for f in findings], "next_step": next_step}
 
 
 def _summary(verdict: str, acc: float | None, split: str, target: float | None, recall_target: float | None,
-             findings: list[Finding], blockers: list[Finding]) -> str:
+             findings: list[Finding], blockers: list[Finding], base: dict | None = None) -> str:
     score = f"{split.capitalize()} accuracy is {_pct(acc)}" if acc is not None else "No accuracy was recorded"
+    if acc is not None and base:
+        score += (f" (balanced {_pct(base['balanced_accuracy'])}, majority baseline {_pct(base['majority_baseline'])}"
+                  f" for always {base['majority_class']!r})")
     top = findings[0].title[0].lower() + findings[0].title[1:] if findings else ""
     if verdict in ("ready to deploy", "ready with a caveat"):
         extra = f" and every class reaches recall {recall_target:.2f}" if recall_target else ""

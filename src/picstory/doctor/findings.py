@@ -165,6 +165,21 @@ def _train_counts(run: Mapping) -> dict[str, int]:
     return {str(k): int(v) for k, v in (counts.get("train") or {}).items()}
 
 
+def baselines(run: Mapping) -> dict:
+    """Balanced accuracy and the majority-class baseline of the split the accuracy comes from, read from the
+    confusion matrix (so runs written before eval.json carried them get them too)."""
+    cm, where = run_confusion(run)
+    classes = run_classes(run)
+    rows = [sum(r) for r in cm]
+    total = sum(rows)
+    if not total:
+        return {}
+    recalls = [r[i] / n for i, (r, n) in enumerate(zip(cm, rows)) if n]
+    top = max(range(len(rows)), key=rows.__getitem__)
+    return {"balanced_accuracy": sum(recalls) / len(recalls), "majority_baseline": rows[top] / total,
+            "majority_class": classes[top] if top < len(classes) else str(top), "where": where}
+
+
 def _accuracy(run: Mapping) -> tuple[float | None, str]:
     s, ev = run.get("summary") or {}, run.get("eval") or {}
     if s.get("test_accuracy") is not None:

@@ -20,6 +20,7 @@ from .findings import (
     _recalls,
     _run_path,
     _train_counts,
+    baselines,
     cfg_value,
     data_spec,
     plural,
@@ -207,6 +208,30 @@ def check_imbalance(run: Mapping, ratio_limit: float = 3.0, recall_gap: float = 
         f"{big!r}, and its recall is {recalls[c]:.2f} against {avg:.2f} for the common classes{others}: the "
         "model learns to favour the common classes.", steps,
         {"ratio": ratio, "classes": weak, "gain": gap * counts[c] / sum(counts.values())})
+
+
+def check_near_baseline(run: Mapping, share: float = 0.25) -> Finding | None:
+    """Accuracy that closes less than ``share`` of the gap between always answering the majority class and 100 %
+    (a problem below half of that): on imbalanced data a high accuracy can be nearly nothing learnt."""
+    acc, split = _accuracy(run)
+    b = baselines(run)
+    if acc is None or not b or b["majority_baseline"] >= 1.0:
+        return None
+    base, balanced = b["majority_baseline"], b["balanced_accuracy"]
+    gain = acc - base
+    if gain > share * (1 - base):
+        return None
+    steps = [] if cfg_value(run, "train", "class_weights") == "auto" else [train_cmd(run, "--class-weights auto")]
+    steps += [train_cmd(run, f"--epochs {2 * int((run.get('summary') or {}).get('epochs_run') or 10)}"),
+              f"picstory data check {shlex.quote(data_spec(run))}"]
+    return Finding(
+        "near_baseline", "problem" if gain <= share / 2 * (1 - base) else "warning",
+        "Accuracy is barely above the majority baseline",
+        f"{split.capitalize()} accuracy {_pct(acc)} against {_pct(base)} for always answering "
+        f"{b['majority_class']!r} (the majority-class baseline on the {b['where']}); balanced accuracy, the mean "
+        f"recall over classes, is {_pct(balanced)}. The model has learnt little beyond the class frequencies.",
+        steps, {"accuracy": acc, "majority_baseline": base, "balanced_accuracy": balanced,
+                "gain": max(0.0, (1 - base) * share - gain)})
 
 
 def check_weak_classes(run: Mapping, target: float | None) -> Finding | None:
@@ -411,5 +436,5 @@ def check_unknown(run: Mapping) -> Finding | None:
 
 RULES: tuple[Callable[[Mapping], Finding | None], ...] = (
     check_diverged, check_spikes, check_lr_too_high, check_leaks, check_underfitting, check_overfitting,
-    check_imbalance, check_catch_all, check_confused_pairs, check_mislabelled, check_few_images, check_bad_files,
-    check_calibration, check_unknown)
+    check_near_baseline, check_imbalance, check_catch_all, check_confused_pairs, check_mislabelled, check_few_images,
+    check_bad_files, check_calibration, check_unknown)

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import io
+import warnings
 
 import numpy as np
 import torch
-from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+from sklearn.metrics import balanced_accuracy_score, confusion_matrix, precision_recall_fscore_support
 
 from ..data.batches import normalize
 from ..files import data_uri
@@ -45,7 +46,7 @@ def summarize(probs: np.ndarray, labels: np.ndarray, classes: list[str], weights
     out = {
         "accuracy": float((pred == labels).mean()) if len(labels) else float("nan"),
         f"top{topk}_accuracy" if topk != 5 else "top5_accuracy": float((top == labels[:, None]).any(1).mean()),
-        "loss": loss, "n": int(len(labels)), "classes": classes,
+        "loss": loss, "n": int(len(labels)), "classes": classes, **baselines(labels, pred, classes),
         "confusion": confusion_matrix(labels, pred, labels=list(range(k))).tolist(),
         "per_class": [{"class": c, "precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]),
                        "support": int(s[i])} for i, c in enumerate(classes)],
@@ -61,6 +62,19 @@ def summarize(probs: np.ndarray, labels: np.ndarray, classes: list[str], weights
             row.update({"weighted_precision": float(wp[i]), "weighted_recall": float(wr[i]),
                         "weighted_f1": float(wf[i]), "weighted_support": float(support[i])})
     return out
+
+
+def baselines(labels: np.ndarray, pred: np.ndarray, classes: list[str]) -> dict:
+    """Balanced accuracy (mean recall over the classes present) and the majority-class baseline: the accuracy of
+    always answering this split's most common class — what accuracy must be read against on imbalanced data."""
+    if not len(labels):
+        return {"balanced_accuracy": float("nan"), "majority_baseline": float("nan"), "majority_class": None}
+    counts = np.bincount(labels, minlength=len(classes))
+    with warnings.catch_warnings():  # sklearn warns when a predicted class is absent from the labels
+        warnings.simplefilter("ignore")
+        balanced = float(balanced_accuracy_score(labels, pred))
+    return {"balanced_accuracy": balanced, "majority_baseline": float(counts.max() / counts.sum()),
+            "majority_class": classes[int(counts.argmax())]}
 
 
 def group_metrics(probs: np.ndarray, labels: np.ndarray, classes: list[str], values: list[str], column: str,

@@ -133,9 +133,12 @@ def _header(run: Mapping, diagnosis: dict) -> str:
     acc, split = diagnosis.get("accuracy"), diagnosis.get("split") or "test"
     val = f"validation {_pct(s.get('val_accuracy'))}" if s.get("val_accuracy") is not None else ""
     best = f" · best epoch {s['best_epoch']}" if s.get("best_epoch") else ""
+    b = doctor.baselines(run)
+    base = (f"balanced accuracy {_pct(b['balanced_accuracy'])} · majority baseline {_pct(b['majority_baseline'])} "
+            f"(always {b['majority_class']!r})") if b else ""
     return (f'<section class="hero"><div class="big">{_pct(acc)}<small>{_e(split)} accuracy</small></div>'
             f'<div><h1>{_e(name)}</h1><div class="meta">{meta}</div>'
-            f'<div class="meta">{_e(val)}{_e(best)}</div></div></section>')
+            f'<div class="meta">{_e(val)}{_e(best)}</div><div class="meta">{_e(base)}</div></div></section>')
 
 
 def _diagnosis(d: dict) -> str:

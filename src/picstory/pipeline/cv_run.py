@@ -33,7 +33,8 @@ from .evaluation_run import split_probabilities
 
 
 def train(data: str | None = None, *, config=None, resume: str | Path | None = None, progress: bool = True,
-          command: str = "", callbacks: list | None = None, **overrides) -> training_run.Run:
+          command: str = "", callbacks: list | None = None, started: float | None = None,
+          **overrides) -> training_run.Run:
     """``picstory.train``: one run, or a cross-validation when ``folds`` ≥ 2 (and no single ``fold`` is asked)."""
     if resume:
         if RunDir(Path(resume)).folds.is_file():
@@ -43,7 +44,8 @@ def train(data: str | None = None, *, config=None, resume: str | Path | None = N
     if not C.coerce("folds", user.get("folds", 0)) or C.coerce("fold", user.get("fold", 0)):
         # what the user set, not a full Config: unset keys must still take the preset's values
         rest = {k: v for k, v in user.items() if k != "data"}
-        return training_run.train(user["data"], progress=progress, command=command, callbacks=callbacks, **rest)
+        return training_run.train(user["data"], progress=progress, command=command, callbacks=callbacks,
+                                  started=started, **rest)
     return cross_validate(user, progress=progress, command=command, callbacks=callbacks)
 
 
@@ -54,6 +56,9 @@ def cross_validate(user: dict, progress: bool = True, command: str = "", callbac
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # every rank would create its own parent folder
         raise UserError("--folds with --nproc / torchrun is not supported: run the folds in one process, or one fold "
                         "per launch with --fold N")
+    if user.get("time_budget"):
+        raise ConfigError(f"--time-budget {user['time_budget']} with --folds is not supported: the budget is for one "
+                          "run; train one fold with --fold N, or set --epochs for the cross-validation")
     source = sources.resolve(user["data"], **C.label_file_options(user))
     cfg = training_run.resolve_config(user, source)
     d = cfg.data

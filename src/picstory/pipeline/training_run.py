@@ -116,9 +116,13 @@ def _auto_img_size(source: sources.Source, device: str = "auto") -> int:
 
 
 def train(data: str | None = None, *, config: str | Path | C.Config | None = None, resume: str | Path | None = None,
-          progress: bool = True, command: str = "", callbacks: list | None = None, **overrides) -> Run:
+          progress: bool = True, command: str = "", callbacks: list | None = None, started: float | None = None,
+          **overrides) -> Run:
     """Train a classifier; keyword arguments are config keys (``epochs=3, lr=1e-3, model='picnet-s'``).
-    ``callbacks`` adds engine callbacks (objects with on_epoch_end(learner) etc.) to the built-in ones."""
+    ``callbacks`` adds engine callbacks (objects with on_epoch_end(learner) etc.) to the built-in ones.
+    ``started``: the ``time.perf_counter()`` from which ``time_budget`` counts (default: now; the CLI passes its
+    process's start)."""
+    started = time.perf_counter() if started is None else started
     if resume:
         return _resume(resume, progress=progress, command=command, callbacks=callbacks)
     user = user_config(data, config, overrides)
@@ -132,7 +136,7 @@ def train(data: str | None = None, *, config: str | Path | C.Config | None = Non
     if source.kind in ("folder", "filenames"):
         refuse_inside(cfg.run.out, source.root)
     return _fit(cfg, source, run_dir=None, checkpoint=None, progress=progress, command=command,
-                callbacks=callbacks)
+                callbacks=callbacks, budget=(started, frozenset(user)) if cfg.train.time_budget else None)
 
 
 def user_config(data: str | None, config: str | Path | C.Config | None, overrides: dict) -> dict:
@@ -195,7 +199,22 @@ def _resume(run: str | Path, progress: bool, command: str, callbacks: list | Non
 
 
 def _fit(cfg: C.Config, source: sources.Source, run_dir: Path | None, checkpoint: dict | None,
-         progress: bool, command: str, callbacks: list | None = None) -> Run:
+         progress: bool, command: str, callbacks: list | None = None,
+         budget: tuple[float, frozenset] | None = None) -> Run:
+    """``budget``: (the clock's start, the keys the user set) for --time-budget; None for no budget (and on resume,
+    where the planned length is already in config.yaml)."""
+    from ..device import register_run, unregister_run
+
+    register_run()  # before choosing threads: runs started side by side see each other
+    try:
+        return _fit_registered(cfg, source, run_dir, checkpoint, progress, command, callbacks, budget)
+    finally:
+        unregister_run()
+
+
+def _fit_registered(cfg: C.Config, source: sources.Source, run_dir: Path | None, checkpoint: dict | None,
+                    progress: bool, command: str, callbacks: list | None, budget: tuple[float, frozenset] | None
+                    ) -> Run:
     from ..device import pick_device, pick_precision, set_threads
 
     t, m = cfg.train, cfg.model
@@ -242,6 +261,11 @@ def _fit(cfg: C.Config, source: sources.Source, run_dir: Path | None, checkpoint
         if t.lr == "auto":
             cfg = _find_lr(cfg, td, device, autocast, run_dir if dist.is_main else None)
             t = cfg.train
+        plan = None
+        if budget is not None:
+            cfg, td, plan = _plan_budget(cfg, td, source, splits, device, autocast, dist, progress, budget)
+            if dist.is_main:
+                atomic_write(RunDir(run_dir).config, C.dump_yaml(cfg))
         if dist.enabled:  # a timing probe or the LR finder may decide differently per rank: rank 0's choice holds
             cfg = broadcast_object(dist, cfg)
             t, autocast = cfg.train, pick_precision(cfg.train.precision, device)
@@ -250,6 +274,13 @@ def _fit(cfg: C.Config, source: sources.Source, run_dir: Path | None, checkpoint
             atomic_write(RunDir(run_dir).data, json.dumps(td.data_summary, indent=1))
         learner, model = _build_learner(cfg, td, device, autocast, dist, run_dir, progress)
         learner.callbacks += list(callbacks or [])
+        if not t.threads and not dist.enabled:
+            learner.callbacks.append(cbs.ThreadShare())
+        if plan is not None:
+            from ..training.budget import MARGIN, TimeBudget
+
+            deadline = budget[0] + plan.budget_s * (1 - MARGIN / 2) - plan.final_s
+            learner.callbacks.append(TimeBudget(deadline, plan.epoch_s, check_batches=not dist.enabled))
         if checkpoint is not None:
             _restore(learner, model, checkpoint)
     except Exception as e:
@@ -275,6 +306,9 @@ def _fit(cfg: C.Config, source: sources.Source, run_dir: Path | None, checkpoint
     summary = {}
     if dist.is_main:
         summary = _finish(run_dir, cfg, td, learner, train_seconds, device, autocast)
+        if plan is not None:
+            summary["time_budget"] = {**plan.to_dict(), "actual_s": round(time.perf_counter() - budget[0], 2)}
+            atomic_write(RunDir(run_dir).summary, json.dumps(summary, indent=1))
         if interrupted:
             print(f"interrupted: the last finished epoch is saved; continue with\n  picstory train --resume {run_dir}",
                   file=sys.stderr)
@@ -312,6 +346,47 @@ def _resolve_precision(cfg: C.Config, td: TrainData, device, autocast, run_dir: 
     if run_dir is not None:
         atomic_write(RunDir(run_dir).config, C.dump_yaml(cfg))
     return cfg, autocast
+
+
+def _plan_budget(cfg: C.Config, td: TrainData, source, splits, device, autocast, dist: Dist, progress: bool,
+                 budget: tuple[float, frozenset]) -> tuple[C.Config, TrainData, object]:
+    """--time-budget: time a few steps of the preset's model (then of smaller ones while it cannot train enough
+    epochs) on this data, and set epochs (and model, warmup) so the whole run fits. Config keys the user set stay."""
+    from ..models import create_model
+    from ..training import budget as B
+    from ..training.presets import model_ladder
+
+    started, fixed = budget
+    t = cfg.train
+    budget_s = C.parse_duration(t.time_budget)
+    max_epochs = t.epochs if "epochs" in fixed else 3 * t.epochs
+    ladder = [cfg.model.model] if "model" in fixed else model_ladder(cfg.model.model)
+    n_test = len(td.splits["test"].labels)
+    for k, name in enumerate(ladder):
+        model = td.model if k == 0 else create_model(name, len(td.classes), in_chans=int(cfg.data.channels),
+                                                     img_size=cfg.data.img_size).to(device,
+                                                                                    memory_format=torch.channels_last)
+        step_s, eval_s = B.measure(model, td.train_batches, td.val_batches, autocast, device=device)
+        costs = B.Costs(name, step_s, eval_s, len(td.train_batches), len(td.splits["val"].labels) // dist.world_size,
+                        n_test, B.tta_passes(cfg.eval.tta))
+        plan = B.plan_for(budget_s, time.perf_counter() - started, costs, max_epochs)
+        if B.enough(plan, max_epochs):
+            break
+    if dist.enabled:  # every rank timed its own steps: rank 0's plan holds for all
+        plan = broadcast_object(dist, plan)
+    values = {"epochs": plan.epochs}
+    if "warmup_epochs" not in fixed:  # the preset's warm-up share of the run, kept
+        values["warmup_epochs"] = round(t.warmup_epochs * plan.epochs / max(t.epochs, 1), 3)
+    if plan.model != cfg.model.model:
+        values["model"] = plan.model
+    cfg = cfg.updated(**values)
+    if plan.model != ladder[0]:
+        summary = td.data_summary
+        td = load_train_data(cfg, source, splits, device, dist, False)  # the cache is filled: a quick reload
+        td.data_summary = summary
+    if dist.is_main and progress:
+        print(plan.line(t.time_budget), file=sys.stderr, flush=True)
+    return cfg, td, plan
 
 
 def _find_lr(cfg: C.Config, td: TrainData, device, autocast, run_dir: Path | None) -> C.Config:
@@ -468,6 +543,9 @@ def _finish(run_dir: Path, cfg: C.Config, td: TrainData, learner: Learner, train
         summary["test_accuracy"] = result.get("accuracy")
         for key in ("micro_f1", "macro_f1", "mAP") if td.multilabel else ():
             summary[f"test_{key}"] = result.get(key)
+        for key in ("balanced_accuracy", "majority_baseline", "majority_class"):
+            if key in result:
+                summary[f"test_{key}" if key == "balanced_accuracy" else key] = result[key]
     else:
         summary["test_accuracy"] = None
     atomic_write(RunDir(run_dir).summary, json.dumps(summary, indent=1))

@@ -7,6 +7,7 @@ import io
 import json
 import math
 import sys
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -231,3 +232,28 @@ class Progress(Callback):
                   f"train loss {m['train_loss']:.4f} acc {m['train_acc']:.4f}  "
                   f"val loss {m['val_loss']:.4f} acc {m['val_acc']:.4f}  {m['seconds']:.1f}s",
                   file=self.stream, flush=True)
+
+
+class ThreadShare(Callback):
+    """Re-divides the cores among the live picstory runs every few seconds: runs started together register one
+    after another, and a run that ends frees its share for the others (device.shared_threads)."""
+
+    order = -20
+
+    def __init__(self, every_s: float = 2.0):
+        self.every_s = every_s
+        self.next_check = 0.0
+
+    def _check(self) -> None:
+        from ..device import set_threads
+
+        now = time.monotonic()
+        if now >= self.next_check:
+            self.next_check = now + self.every_s
+            set_threads()
+
+    def on_epoch_start(self, L: Learner) -> None:
+        self._check()
+
+    def on_batch_end(self, L: Learner) -> None:
+        self._check()

@@ -36,6 +36,17 @@ FINE_TUNE_KEYS = ("epochs", "freeze_epochs", "backbone_lr_mult", "drop_rate", "e
                   "grad_clip", "compile", "balanced_sampling", "translate", "rrc_scale", "rotate_deg", "brightness",
                   "contrast", "erase", "mixup", "cutmix", "vflip", "folds")
 
+# The next smaller model of a family, for --time-budget when the preset's model cannot train enough epochs in time.
+SMALLER = {"picnet-l": "picnet-m", "picnet-m": "picnet-s"}
+
+
+def model_ladder(model: str) -> list[str]:
+    """``model`` and the smaller models of its family, largest first."""
+    ladder = [model]
+    while ladder[-1] in SMALLER:
+        ladder.append(SMALLER[ladder[-1]])
+    return ladder
+
 
 def preset_values(preset: str, img_size: int) -> dict:
     if preset == "probe":  # a pretrained backbone at any size
