@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 from pathlib import Path
 
@@ -48,7 +49,9 @@ def sample_image(path: Path) -> Path:
     return path
 
 
-def test_upload_shows_labels(browser, tmp_path):
+@contextlib.contextmanager
+def page_with_upload(browser, tmp_path: Path):
+    """The served page of a fresh run with the stripes picture chosen in its file field; yields a 60 s wait."""
     run = make_run(tmp_path / "run")
     picture = sample_image(tmp_path / "stripes.png")
     with running_server(run, tmp_path / "log.sqlite", tmp_path / "server.out") as url:
@@ -56,6 +59,11 @@ def test_upload_shows_labels(browser, tmp_path):
         wait = WebDriverWait(browser, 60)
         wait.until(lambda d: d.find_element(By.ID, "model-name").text == "seed-mnist-cnn")
         browser.find_element(By.ID, "file").send_keys(str(picture))
+        yield wait
+
+
+def test_upload_shows_labels(browser, tmp_path):
+    with page_with_upload(browser, tmp_path) as wait:
         label = wait.until(ec.visibility_of_element_located((By.CSS_SELECTOR, "#bars .row .label")))
         assert label.text in CLASSES
         rows = browser.find_elements(By.CSS_SELECTOR, "#bars .row")
@@ -74,13 +82,7 @@ def test_upload_shows_labels(browser, tmp_path):
 
 
 def test_upload_shows_the_heat_map_next_to_the_answer(browser, tmp_path):
-    run = make_run(tmp_path / "run")
-    picture = sample_image(tmp_path / "stripes.png")
-    with running_server(run, tmp_path / "log.sqlite", tmp_path / "server.out") as url:
-        browser.get(url + "/")
-        wait = WebDriverWait(browser, 60)
-        wait.until(lambda d: d.find_element(By.ID, "model-name").text == "seed-mnist-cnn")
-        browser.find_element(By.ID, "file").send_keys(str(picture))
+    with page_with_upload(browser, tmp_path) as wait:
         caption = wait.until(ec.visibility_of_element_located((By.ID, "explain-text")))
         assert caption.text.startswith("Grad-CAM: where the model looked")
         wait.until(lambda d: d.execute_script("return document.getElementById('explain-img').naturalWidth") > 0)
