@@ -6,12 +6,13 @@ import json
 import time
 
 import pytest
+import torch
 import yaml
 
 import picstory
 from picstory.config import parse_duration
 from picstory.errors import ConfigError
-from picstory.training.budget import Costs, TimeBudget, enough, plan_for
+from picstory.training.budget import MIN_FRACTION, Costs, TimeBudget, enough, plan_for
 from picstory.training.engine import StopTraining
 
 
@@ -45,8 +46,52 @@ def test_plan_fits_the_budget():
     assert plan.epochs == int((200 * 0.96 - 10 - c.final_s) // 10)
     assert plan.predicted_s <= 200 and enough(plan, 100)
     assert plan_for(200.0, 10.0, c, max_epochs=5).epochs == 5  # the user's --epochs is a ceiling
-    tiny = plan_for(15.0, 10.0, c, max_epochs=100)
-    assert tiny.epochs == 1 and not enough(tiny, 100)  # the pipeline then tries a smaller model
+    short = plan_for(32.0, 10.0, c, max_epochs=100)  # 11.7 s left: one epoch of 10 s fits
+    assert short.epochs == 1 and short.fraction == 1 and not enough(short, 100)  # the pipeline tries a smaller model
+
+
+def test_a_budget_below_one_epoch_plans_part_of_an_epoch():
+    c = costs()  # an epoch: 9 s of steps + 1 s of validation; test and report: 1 s + REPORT_SECONDS
+    plan = plan_for(22.0, 10.0, c, max_epochs=100)  # 22 × 0.96 − 10 − 9 = 2.12 s left, 1.12 s of it for steps
+    assert plan.epochs == 1 and plan.fraction == pytest.approx(1.12 / 9, abs=1e-3)
+    assert plan.predicted_s <= 22.0 * 0.96 + 1e-6 and not enough(plan, 100)
+    assert "1 epoch over 12% of the training set" in plan.line("22s")
+    floor = plan_for(5.0, 10.0, c, max_epochs=100)  # over already: the smallest share, said so
+    assert floor.fraction == MIN_FRACTION and "(over:" in floor.line("5s")
+
+
+def test_epoch_fraction_draws_a_fresh_subset_each_epoch():
+    from picstory.data.batches import BatchIterator
+
+    images = torch.zeros(100, 1, 4, 4, dtype=torch.uint8)
+    it = BatchIterator(images, torch.arange(100), 10, [0.0], [1.0])
+    it.limit(0.25)
+    assert len(it) == 3  # ceil(10 batches × 0.25)
+    seen = []
+    for epoch in range(2):
+        it.set_epoch(epoch)
+        seen.append(it.epoch_indices()[:30].tolist())
+        assert sum(len(y) for _, y in it) == 30
+    assert seen[0] != seen[1]
+    it.limit(1.0)
+    assert len(it) == 10
+
+
+def test_epoch_fraction_trains_fewer_steps(runs_dir):
+    from picstory.training.engine import Callback
+
+    class Steps(Callback):
+        n = 0
+
+        def on_batch_end(self, L):
+            Steps.n += 1
+
+    run = picstory.train("builtin:digits", model="seed-mnist-cnn", epochs=2, epoch_fraction=0.25, batch_size=64,
+                         out=str(runs_dir), progress=False, callbacks=[Steps()])
+    n_train = sum(run.summary["class_counts"]["train"].values())
+    assert run.summary["epochs_run"] == 2 and Steps.n == 2 * -(-(n_train // 64) // 4)  # drop_last, then a quarter
+    cfg = yaml.safe_load((run.path / "config.yaml").read_text())
+    assert cfg["train"]["epoch_fraction"] == 0.25
 
 
 class FakeLearner:

@@ -112,6 +112,8 @@ class TrainConfig:
     balanced_sampling: bool = opt(False, "draw batches with equal class probability")
     ema: float = opt(0.0, "EMA decay of weights per step (0 = off, e.g. 0.999)", min=0.0, max=1.0)
     grad_clip: float = opt(0.0, "clip gradient norm (0 = off)", min=0.0)
+    epoch_fraction: float = opt(1.0, "share of the training set one epoch draws, a fresh random subset each epoch "
+                                     "(--time-budget lowers it when one full epoch would not fit)", min=0.001, max=1.0)
     patience: int = opt(5, "early stopping: epochs without improvement (0 = off)", min=0)
     min_delta: float = opt(0.001, "early stopping: smallest change that counts as improvement", min=0.0)
     monitor: str = opt("val_loss", "metric for early stopping and the best epoch", choices=("val_loss", "val_acc"))

@@ -362,6 +362,7 @@ class BatchIterator:
         self.rank, self.world_size, self.device = rank, world_size, torch.device(device)
         self.sample_weights = None if sample_weights is None else sample_weights.detach().double().cpu()
         self.size, self.epoch = size, 0
+        self.max_batches: int | None = None  # an epoch of the first N batches of the shuffle (epoch_fraction)
         self.augmenter = None
         if augment is not None:
             if num_classes is None and (augment.mixup > 0 or augment.cutmix > 0):
@@ -372,12 +373,18 @@ class BatchIterator:
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
+    def limit(self, fraction: float) -> None:
+        """Epochs of ``fraction`` of the batches (at least one): the first ones of each epoch's shuffle."""
+        self.max_batches = None
+        self.max_batches = None if fraction >= 1 else math.ceil(len(self) * fraction)
+
     def _local_count(self) -> int:
         return len(self.images) // self.world_size
 
     def __len__(self) -> int:
         n = self._local_count()
-        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+        batches = n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+        return batches if self.max_batches is None else max(1, min(batches, self.max_batches))
 
     def epoch_indices(self) -> torch.Tensor:
         """This rank's sample indices for the current epoch, in order (on the images' device)."""

@@ -375,6 +375,8 @@ def _plan_budget(cfg: C.Config, td: TrainData, source, splits, device, autocast,
     if dist.enabled:  # every rank timed its own steps: rank 0's plan holds for all
         plan = broadcast_object(dist, plan)
     values = {"epochs": plan.epochs}
+    if plan.fraction < 1 and "epoch_fraction" not in fixed:
+        values["epoch_fraction"] = plan.fraction
     if "warmup_epochs" not in fixed:  # the preset's warm-up share of the run, kept
         values["warmup_epochs"] = round(t.warmup_epochs * plan.epochs / max(t.epochs, 1), 3)
     if plan.model != cfg.model.model:
@@ -384,6 +386,7 @@ def _plan_budget(cfg: C.Config, td: TrainData, source, splits, device, autocast,
         summary = td.data_summary
         td = load_train_data(cfg, source, splits, device, dist, False)  # the cache is filled: a quick reload
         td.data_summary = summary
+    td.train_batches.limit(cfg.train.epoch_fraction)
     if dist.is_main and progress:
         print(plan.line(t.time_budget), file=sys.stderr, flush=True)
     return cfg, td, plan

@@ -25,6 +25,7 @@ REPORT_SECONDS = 8.0
 # Share of the budget held back for timing noise (a loaded machine, a slower epoch than the probe's steps).
 MARGIN = 0.04
 MIN_EPOCHS = 4  # below this a smaller model from the ladder trains better in the same time
+MIN_FRACTION = 0.02  # the smallest share of the training set a budgeted epoch draws
 
 
 @dataclass
@@ -40,8 +41,16 @@ class Costs:
     tta_passes: int = 1
 
     @property
+    def train_s(self) -> float:
+        return self.steps_per_epoch * self.step_s
+
+    @property
+    def val_s(self) -> float:
+        return self.n_val * self.eval_image_s
+
+    @property
     def epoch_s(self) -> float:
-        return self.steps_per_epoch * self.step_s + self.n_val * self.eval_image_s
+        return self.train_s + self.val_s
 
     @property
     def final_s(self) -> float:
@@ -58,13 +67,16 @@ class Plan:
     final_s: float
     spent_s: float  # before training: data, cache, probes
     predicted_s: float  # spent + epochs × epoch + final
+    fraction: float = 1.0  # share of the training set an epoch draws (below 1 when one full epoch does not fit)
 
     def line(self, text: str) -> str:
-        return (f"time budget {text}: {self.model}, {self.epochs} epochs × {self.epoch_s:.1f}s "
+        epochs = (f"{self.epochs} epochs" if self.fraction >= 1 else
+                  f"1 epoch over {100 * self.fraction:.0f}% of the training set")
+        return (f"time budget {text}: {self.model}, {epochs} × {self.epoch_s:.1f}s "
                 f"(step {1000 * self.step_s:.0f} ms) + test/report {self.final_s:.0f}s + {self.spent_s:.0f}s so far "
                 f"≈ {_clock(self.predicted_s)} of {_clock(self.budget_s)}"
-                + (" (over: this machine is slower than the budget allows; one epoch, ended early if it must)"
-                   if self.predicted_s > self.budget_s else ""))
+                + (" (over: this machine is slower than the budget allows; the smallest plan, ended early if it "
+                   "must)" if self.predicted_s > self.budget_s else ""))
 
     def to_dict(self) -> dict:
         return {k: round(v, 3) if isinstance(v, float) else v for k, v in asdict(self).items()}
@@ -77,16 +89,23 @@ def _clock(seconds: float) -> str:
 
 def plan_for(budget_s: float, spent_s: float, c: Costs, max_epochs: int) -> Plan:
     """As many epochs of ``c`` as fit into what is left of the budget (after the test evaluation and report and a
-    margin), up to ``max_epochs``, at least one (the deadline callback then ends that epoch early if it must)."""
+    margin), up to ``max_epochs``. When not even one epoch fits, one epoch over the share of the training set that
+    does (at least ``MIN_FRACTION``): a finished schedule over fewer images beats a full one cut off mid-way,
+    which would end at a high learning rate."""
     left = budget_s * (1 - MARGIN) - spent_s - c.final_s
-    epochs = max(1, min(max_epochs, int(max(0.0, left) // max(c.epoch_s, 1e-9))))
-    return Plan(budget_s, c.model, epochs, c.epoch_s, c.step_s, c.final_s, spent_s,
-                spent_s + epochs * c.epoch_s + c.final_s)
+    epochs = min(max_epochs, int(max(0.0, left) // max(c.epoch_s, 1e-9)))
+    if epochs >= 1:
+        return Plan(budget_s, c.model, epochs, c.epoch_s, c.step_s, c.final_s, spent_s,
+                    spent_s + epochs * c.epoch_s + c.final_s)
+    fraction = min(1.0, max(MIN_FRACTION, (left - c.val_s) / max(c.train_s, 1e-9)))
+    epoch_s = c.train_s * fraction + c.val_s
+    return Plan(budget_s, c.model, 1, epoch_s, c.step_s, c.final_s, spent_s, spent_s + epoch_s + c.final_s,
+                round(fraction, 4))
 
 
 def enough(plan: Plan, max_epochs: int) -> bool:
     """Whether the plan's model gets enough epochs to be worth it over the next smaller one."""
-    return plan.epochs >= min(MIN_EPOCHS, max_epochs)
+    return plan.fraction >= 1 and plan.epochs >= min(MIN_EPOCHS, max_epochs)
 
 
 def measure(model: torch.nn.Module, batches, val_batches, autocast, steps: int = 6, max_seconds: float = 4.0,

@@ -86,6 +86,7 @@ def load_train_data(cfg: C.Config, source: Source, splits: dict[str, list[int]],
                                   seed=t.seed, rank=dist.rank, world_size=dist.world_size, device=device,
                                   sample_weights=sample_weights, size=cfg.data.img_size, num_classes=len(classes),
                                   loss_weights=train.weights)
+    train_batches.limit(t.epoch_fraction)
     # validation: an uneven shard per rank, not cut to equal length, so the all-reduced metrics count every sample
     val_images, val_labels = eval_shard(on_device[1], val.labels.to(on_device[1].device), dist)
     val_batches = BatchIterator(val_images, val_labels, cfg.eval.eval_batch_size, mean, std, augment=None,
