@@ -4,6 +4,8 @@ predict --explain; nearest training images and their cache."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -112,12 +114,13 @@ def test_nearest_and_the_cache(tmp_path):
 
     def compute():
         calls.append(1)
-        return {"features": bank, "labels": list("abcd"), "paths": ["p0", "p1", "p2", "p3"]}
+        return {"features": bank, "logits": 2 * bank, "labels": list("abcd"), "paths": ["p0", "p1", "p2", "p3"]}
 
     path = tmp_path / "embeddings.npz"
     first = cached(path, {"weights_sha256": "x"}, compute)
     again = cached(path, {"weights_sha256": "x"}, compute)
     assert len(calls) == 1 and again["labels"] == list("abcd") and np.array_equal(again["features"], bank)
+    assert np.array_equal(again["logits"], 2 * bank)
     cached(path, {"weights_sha256": "retrained"}, compute)  # another model: computed again
     cached(path, {"weights_sha256": "retrained"}, compute, paths=["p3", "p2", "p1", "p0"])  # other images
     assert len(calls) == 3 and first["paths"] == ["p0", "p1", "p2", "p3"]
@@ -138,6 +141,30 @@ def trained_run(tmp_path_factory):
         "train", str(data), "--model", "seed-mnist-cnn", "--epochs", "2", "--img-size", "28", "--optimizer", "adam",
         "--lr", "0.003", "--out", str(root / "runs"), "--name", "r", "--quiet"]) == 0
     return root / "runs" / "r", data
+
+
+def test_the_training_set_is_embedded_once_after_training(tmp_path, monkeypatch):
+    """The unknown bank, the gallery's neighbours and the label-error scan share one pass over the training set."""
+    from conftest import make_folder
+
+    import picstory
+    from picstory.evaluation import neighbours
+
+    passes = []
+    real = neighbours.embed_with_logits
+
+    def counting(model, images, *args, **kwargs):
+        passes.append(len(images))
+        return real(model, images, *args, **kwargs)
+
+    monkeypatch.setattr(neighbours, "embed_with_logits", counting)
+    data = make_folder(tmp_path / "data", n_per_class=30, size=28)
+    run = picstory.train(str(data), model="seed-mnist-cnn", epochs=1, img_size=28, out=str(tmp_path / "runs"),
+                         progress=False)
+    n_train = sum(run.summary["class_counts"]["train"].values())
+    assert passes.count(n_train) == 1
+    result = json.loads((run.path / "eval.json").read_text())
+    assert "suspects" in result and "ood" in json.loads((run.path / "model" / "model.json").read_text())
 
 
 def test_predict_explain_and_similar(trained_run, tmp_path, capsys):

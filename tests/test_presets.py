@@ -22,3 +22,18 @@ def test_small_data_gets_smaller_batches():
     assert fit_batch_size(256, 60_000) == 256
     assert fit_batch_size(256, 1_797) == 32
     assert fit_batch_size(256, 100) == 16
+
+
+def test_a_cpu_without_native_bf16_gets_its_own_fast_preset(monkeypatch):
+    from picstory.data.sources import resolve
+    from picstory.pipeline import training_run
+    from picstory.training.presets import SMALL_FP32_CPU
+
+    source = resolve("builtin:digits")
+    for has_bf16, table in ((False, SMALL_FP32_CPU), (True, SMALL)):
+        monkeypatch.setattr("picstory.device.cpu_has_fast_bf16", lambda: has_bf16)
+        cfg = training_run.resolve_config({"data": "builtin:digits", "preset": "fast", "device": "cpu"}, source)
+        assert cfg.train.epochs == table["fast"]["epochs"]
+    cfg = training_run.resolve_config({"data": "builtin:digits", "preset": "fast", "device": "cpu",
+                                       "precision": "fp32"}, source)  # fp32 asked for: the fp32 table
+    assert cfg.train.epochs == SMALL_FP32_CPU["fast"]["epochs"] != SMALL["fast"]["epochs"]

@@ -12,6 +12,7 @@ import torch
 
 from ..evaluation import calibration as cal
 from ..evaluation import ood
+from ..evaluation.neighbours import training_features
 from ..models.bundle import OOD_BANK_FILE, load_bundle, read_ood_bank, update_meta, write_ood_bank
 
 CURVE_POINTS = 200  # risk–coverage points kept in eval.json
@@ -35,11 +36,8 @@ def calibrate_bundle(bundle: Path, val, train, device="cpu", seed: int = 0, prog
         update_meta(bundle, **fields, ood=None)  # and none left from an earlier calibration
         return fields
     t = record["temperature"]
-    pick = np.arange(len(train.labels))
-    if len(pick) > ood.BANK_ROWS:
-        pick = np.sort(np.random.default_rng(seed).choice(len(pick), ood.BANK_ROWS, replace=False))
-    _, train_feats = ood.logits_and_features(model, train.images[torch.as_tensor(pick)], mean, std, device=device)
-    bank = ood.sample_bank(train_feats)
+    # the whole training split once, cached for the evaluation's neighbours and label-error scan that follow
+    bank = ood.sample_bank(training_features(bundle.parent, model, meta, train, device)["features"], seed=seed)
     scores = ood.all_scores(logits, feats, bank, t)
     thresholds = {name: ood.threshold(s) for name, s in scores.items()}
     sha = write_ood_bank(bundle, bank)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import sys
 from pathlib import Path
@@ -11,7 +10,7 @@ import numpy as np
 import torch
 
 from ..errors import DataError, UserError
-from ..evaluation.calibration import bundle_temperature
+from ..evaluation.calibration import bundle_temperature, softmax
 from ..evaluation.metrics import confident_mistakes, group_metrics, predict_images, summarize, suspects
 from ..files import atomic_write, read_json
 from ..options import EVAL
@@ -66,9 +65,15 @@ def evaluate_run(run: str | Path, data: str | None = None, tta: str = EVAL.tta, 
                                                                                  dcfg.get("data", "")), column,
                                            weights)
     if train is not None and len(train.labels):
-        explain_mistakes(result["mistakes"], probs, labels, images, train, model, meta, run_dir, device)
+        try:  # one pass over the training set for the gallery's neighbours and the label-error scan
+            bank = training_bank(run_dir, model, meta, train, device)
+        except Exception as e:  # noqa: BLE001 — a full disk is named again by the eval.json write that follows
+            print(f"warning: no nearest training images in the report: {type(e).__name__}: {e}", file=sys.stderr)
+            bank = None
+        explain_mistakes(result["mistakes"], probs, labels, images, train, model, meta, run_dir, device, bank=bank)
         sel = np.arange(len(train.labels))[:SUSPECT_SCAN_MAX]
-        tprobs = predict_images(model, train.images[sel], mean, std, device=device, temperature=temperature)
+        tprobs = (softmax(bank["logits"][sel], temperature) if bank is not None else
+                  predict_images(model, train.images[sel], mean, std, device=device, temperature=temperature))
         result["suspects"] = suspects(tprobs, train.labels.numpy()[sel], train.images[sel],
                                       [train.paths[i] for i in sel], classes)
     return _write_eval(run_dir, data, result, write_report, summary)
@@ -83,20 +88,13 @@ def _write_eval(run_dir: Path, data: str | None, result: dict, write_report: boo
 
 def training_bank(run_dir: Path, model: torch.nn.Module, meta: dict, train=None, device: str = "cpu",
                   progress: bool = False) -> dict:
-    """The run's training images in the model's feature space (``features``, ``labels``, ``paths``), from
-    RUN/embeddings.npz while the weights and the split are the ones it was computed for."""
-    from ..evaluation.neighbours import cached, embed
+    """The run's training images in the model's feature space (``features``, ``logits``, ``labels``, ``paths``),
+    from RUN/embeddings.npz while the weights and the split are the ones it was computed for."""
+    from ..evaluation.neighbours import training_features
 
-    split_file = RunDir(run_dir).split
-    key = {"weights_sha256": meta.get("sha256"), "img_size": meta["img_size"],
-           "split_sha256": hashlib.sha256(split_file.read_bytes()).hexdigest() if split_file.is_file() else ""}
-
-    def compute() -> dict:
-        part = train if train is not None else _train_split(run_dir, meta, progress)
-        return {"features": embed(model, part.images, meta["mean"], meta["std"], device=device),
-                "labels": [meta["classes"][i] for i in part.labels.tolist()], "paths": list(part.paths)}
-
-    return cached(RunDir(run_dir).embeddings, key, compute, paths=None if train is None else list(train.paths))
+    # no split at hand (`picstory similar`): the training images are decoded only when the cache cannot answer
+    split = train if train is not None else (lambda: _train_split(run_dir, meta, progress))
+    return training_features(run_dir, model, meta, split, device)
 
 
 def _train_split(run_dir: Path, meta: dict, progress: bool):
@@ -111,9 +109,10 @@ def _train_split(run_dir: Path, meta: dict, progress: bool):
 
 
 def explain_mistakes(mistakes: list[dict], probs: np.ndarray, labels: np.ndarray, images: torch.Tensor, train, model,
-                     meta: dict, run_dir: Path, device: str = "cpu", k: int = 3) -> None:
+                     meta: dict, run_dir: Path, device: str = "cpu", k: int = 3, bank: dict | None = None) -> None:
     """Each mistake gets its Grad-CAM overlay (``heatmap``, a data URI; left out for a model Grad-CAM cannot
-    explain) and its ``k`` nearest training images (``neighbours``: thumb, label, path, similarity)."""
+    explain) and its ``k`` nearest training images (``neighbours``: thumb, label, path, similarity) from ``bank``
+    (``training_bank``; None: no neighbours)."""
     from ..evaluation.explain import ExplainError, explain_images, overlay_png
     from ..evaluation.metrics import confident_mistake_indices, thumb
     from ..evaluation.neighbours import embed, nearest
@@ -132,8 +131,9 @@ def explain_mistakes(mistakes: list[dict], probs: np.ndarray, labels: np.ndarray
         print(f"note: no heat maps in the report: {e}", file=sys.stderr)
     except Exception as e:  # noqa: BLE001 — derived data: the evaluation and the run stand without it
         print(f"warning: no heat maps in the report: {type(e).__name__}: {e}", file=sys.stderr)
+    if bank is None:
+        return
     try:
-        bank = training_bank(run_dir, model, meta, train, device)
         idx, sims = nearest(embed(model, chosen, meta["mean"], meta["std"], device=device), bank["features"], k)
     except Exception as e:  # noqa: BLE001 — a full disk is named again by the eval.json write that follows
         print(f"warning: no nearest training images in the report: {type(e).__name__}: {e}", file=sys.stderr)

@@ -55,6 +55,15 @@ class Run:
         return load(self.path)
 
 
+def _fp32_cpu(cfg: C.Config) -> bool:
+    """Whether this run trains on a CPU in fp32 for lack of native bf16 (the presets differ there)."""
+    from ..device import cpu_has_fast_bf16
+
+    t = cfg.train
+    on_cpu = t.device == "cpu" or (t.device == "auto" and not torch.cuda.is_available())
+    return on_cpu and t.precision != "bf16" and (t.precision == "fp32" or not cpu_has_fast_bf16())
+
+
 def resolve_config(user: dict, source: sources.Source) -> C.Config:
     """Defaults ← the preset's values for this data ← what the user set. Every 'auto' is decided here, so
     config.yaml holds concrete values and replays the run exactly."""
@@ -63,7 +72,7 @@ def resolve_config(user: dict, source: sources.Source) -> C.Config:
     if not source.multilabel and probe_by_default(user, cfg, img_size, len(source.records)):
         user = {**user, "preset": "probe"}
         cfg = C.from_dict(user)
-    values = preset_values(cfg.train.preset, img_size)
+    values = preset_values(cfg.train.preset, img_size, _fp32_cpu(cfg))
     values["img_size"] = img_size
     values["batch_size"] = fit_batch_size(values["batch_size"], len(source.records))
     if cfg.data.channels == "auto":
