@@ -50,7 +50,10 @@ def run_picstory(budget: str, out: str) -> dict:
     plan = s.get("time_budget", {})
     return {"test_accuracy": s["test_accuracy"], "wall": wall, "epochs_run": s["epochs_run"],
             "planned": plan.get("epochs"), "model": s["model"], "stop": s["stop_reason"], "plan": plan,
-            "plan_line": next((ln for ln in proc.stderr.splitlines() if ln.startswith("time budget")), "")}
+            "plan_line": (f"plan {plan.get('model')}, {plan.get('epochs')} epochs"
+                          + (f" over {100 * plan['fraction']:.0f} % of the data" if plan.get("fraction", 1) < 1 else "")
+                          + f" × {plan.get('epoch_s')}s after {plan.get('spent_s')}s, predicted "
+                          f"{plan.get('predicted_s')}s, actual {plan.get('actual_s')}s")}
 
 
 def run_recipe(budget_s: float) -> dict:
@@ -69,6 +72,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--budgets", default="1m,2m,5m,10m")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--only", choices=("picstory", "recipe"), default=None, help="one side only")
     ap.add_argument("--recipe-child", type=float, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.recipe_child is not None:
@@ -79,21 +83,25 @@ def main() -> None:
     rows = []
     for budget in args.budgets.split(","):
         seconds = parse_duration(budget)
-        p = run_picstory(budget, out)
-        print(f"{budget:>4} picstory: {p['test_accuracy']:.4f} in {p['wall']:.0f}s wall "
+        p = run_picstory(budget, out) if args.only != "recipe" else None
+        r = run_recipe(seconds) if args.only != "picstory" else None
+        rows.append((budget, seconds, p, r))
+        if p:
+            print(f"{budget:>4} picstory: {p['test_accuracy']:.4f} in {p['wall']:.0f}s wall "
               f"({100 * p['wall'] / seconds:.0f} % of budget), {p['model']} {p['epochs_run']}/{p['planned']} epochs "
               f"({p['stop']}); {p['plan_line']}", flush=True)
-        r = run_recipe(seconds)
-        print(f"{budget:>4}   recipe: {r['test_accuracy']:.4f} in {r['wall']:.0f}s wall, {r['epochs']} full epochs, "
-              f"load {os.getloadavg()[0]:.1f}", flush=True)
-        rows.append((budget, seconds, p, r))
+        if r:
+            print(f"{budget:>4}   recipe: {r['test_accuracy']:.4f} in {r['wall']:.0f}s wall, {r['epochs']} full "
+                  f"epochs, {r.get('steps')} steps (setup {r.get('setup_s')}s, training {r['seconds']:.0f}s, test "
+                  f"{r.get('test_s')}s), load {os.getloadavg()[0]:.1f}", flush=True)
     print("\n| budget | picstory test acc | wall (% of budget) | model, epochs run / planned | stop | "
           "recipe test acc | recipe wall | recipe epochs |")
     print("|---|---|---|---|---|---|---|---|")
     for budget, seconds, p, r in rows:
-        print(f"| {budget} | {p['test_accuracy']:.4f} | {p['wall']:.0f}s ({100 * p['wall'] / seconds:.0f} %) | "
-              f"{p['model']}, {p['epochs_run']}/{p['planned']} | {p['stop']} | {r['test_accuracy']:.4f} | "
-              f"{r['wall']:.0f}s | {r['epochs']} |")
+        ours = (f"{p['test_accuracy']:.4f} | {p['wall']:.0f}s ({100 * p['wall'] / seconds:.0f} %) | {p['model']}, "
+                f"{p['epochs_run']}/{p['planned']} | {p['stop']}") if p else "– | – | – | –"
+        theirs = f"{r['test_accuracy']:.4f} | {r['wall']:.0f}s | {r['epochs']}" if r else "– | – | –"
+        print(f"| {budget} | {ours} | {theirs} |")
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ VARIANTS = {  # name → what changes from BASE
     "rgb-stem": {"channels": "3"},
     "lr-3e-3": {"lr": "3e-3"},
     "size-x2": {"img_size": "x2"},
-    "probe": {"preset": "probe", "epochs": 1, "freeze_epochs": 0},
+    "probe": None,  # --preset probe with its own values (L-BFGS head, lr 1)
 }
 
 
@@ -75,7 +75,9 @@ def main() -> None:
     names = [n for n in VARIANTS if not args.only or n in args.only.split(",")]
     rows = []
     for name in names:
-        options = {**BASE, "epochs": args.epochs, "img_size": args.img_size, **VARIANTS[name]}
+        change = VARIANTS[name]
+        options = ({"model": BASE["model"], "preset": "probe", "img_size": args.img_size} if change is None else
+                   {**BASE, "epochs": args.epochs, "img_size": args.img_size, **change})
         if options["img_size"] == "x2":
             options["img_size"] = 2 * args.img_size
         t = time.perf_counter()
