@@ -12,7 +12,7 @@ import yaml
 import picstory
 from picstory.config import parse_duration
 from picstory.errors import ConfigError
-from picstory.training.budget import MIN_FRACTION, Costs, TimeBudget, enough, plan_for
+from picstory.training.budget import MIN_FRACTION, REPORT_SECONDS, Costs, TimeBudget, enough, plan_for
 from picstory.training.engine import StopTraining
 
 
@@ -46,16 +46,17 @@ def test_plan_fits_the_budget():
     assert plan.epochs == int((200 * 0.96 - 10 - c.final_s) // 10)
     assert plan.predicted_s <= 200 and enough(plan, 100)
     assert plan_for(200.0, 10.0, c, max_epochs=5).epochs == 5  # the user's --epochs is a ceiling
-    short = plan_for(32.0, 10.0, c, max_epochs=100)  # 11.7 s left: one epoch of 10 s fits
+    short = plan_for(34.0, 10.0, c, max_epochs=100)  # 11.6 s left: one epoch of 10 s fits
     assert short.epochs == 1 and short.fraction == 1 and not enough(short, 100)  # the pipeline tries a smaller model
 
 
 def test_a_budget_below_one_epoch_plans_part_of_an_epoch():
-    c = costs()  # an epoch: 9 s of steps + 1 s of validation; test and report: 1 s + REPORT_SECONDS
-    plan = plan_for(22.0, 10.0, c, max_epochs=100)  # 22 × 0.96 − 10 − 9 = 2.12 s left, 1.12 s of it for steps
-    assert plan.epochs == 1 and plan.fraction == pytest.approx(1.12 / 9, abs=1e-3)
-    assert plan.predicted_s <= 22.0 * 0.96 + 1e-6 and not enough(plan, 100)
-    assert "1 epoch over 12% of the training set" in plan.line("22s")
+    c = costs()  # an epoch: 9 s of steps + 1 s of validation; after it: val, 2 × test (3 s) + REPORT_SECONDS
+    assert c.final_s == pytest.approx(3 + REPORT_SECONDS)
+    plan = plan_for(25.0, 10.0, c, max_epochs=100)  # 25 × 0.96 − 10 − 11 = 3 s left, 2 s of it for steps
+    assert plan.epochs == 1 and plan.fraction == pytest.approx(2 / 9, abs=1e-3)
+    assert plan.predicted_s <= 25.0 * 0.96 + 1e-6 and not enough(plan, 100)
+    assert "1 epoch over 22% of the training set" in plan.line("25s")
     floor = plan_for(5.0, 10.0, c, max_epochs=100)  # over already: the smallest share, said so
     assert floor.fraction == MIN_FRACTION and "(over:" in floor.line("5s")
 

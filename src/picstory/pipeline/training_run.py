@@ -377,7 +377,7 @@ def _plan_budget(cfg: C.Config, td: TrainData, source, splits, device, autocast,
                                                                                     memory_format=torch.channels_last)
         step_s, eval_s = B.measure(model, td.train_batches, td.val_batches, autocast, device=device)
         costs = B.Costs(name, step_s, eval_s, len(td.train_batches), len(td.splits["val"].labels) // dist.world_size,
-                        n_test, B.tta_passes(cfg.eval.tta))
+                        n_test, B.tta_passes(cfg.eval.tta), n_train=len(td.splits["train"].labels))
         plan = B.plan_for(budget_s, time.perf_counter() - started, costs, max_epochs)
         if B.enough(plan, max_epochs):
             break
