@@ -32,6 +32,7 @@ VARIANTS = {  # name → what changes from BASE
     "rgb-stem": {"channels": "3"},
     "lr-3e-3": {"lr": "3e-3"},
     "size-x2": {"img_size": "x2"},
+    "backbone-lr-x1+no-freeze": {"backbone_lr_mult": 1.0, "freeze_epochs": 0},
     "probe": None,  # --preset probe with its own values (L-BFGS head, lr 1)
 }
 
@@ -90,7 +91,7 @@ def main() -> None:
         rows.append((name, s["epochs_run"], train_acc, s["val_accuracy"], s["test_accuracy"],
                      s.get("test_balanced_accuracy"), s.get("majority_baseline"), s["train_seconds"],
                      time.perf_counter() - t))
-        print(f"{name:15s} epochs {rows[-1][1]}  train acc {train_acc:.4f}  val {s['val_accuracy']:.4f}  "
+        print(f"{name:24s} epochs {rows[-1][1]}  train acc {train_acc:.4f}  val {s['val_accuracy']:.4f}  "
               f"test {s['test_accuracy']:.4f}  train {s['train_seconds']:.0f}s", flush=True)
     print(f"\n{args.per_class} training images per class (15 % of them validation), {args.per_class // 2} test per "
           f"class, {args.img_size} px, {args.epochs} epochs\n")

@@ -145,9 +145,8 @@ def trained_run(tmp_path_factory):
 
 def test_the_training_set_is_embedded_once_after_training(tmp_path, monkeypatch):
     """The unknown bank, the gallery's neighbours and the label-error scan share one pass over the training set."""
-    from conftest import make_folder
-
     import picstory
+    from conftest import make_folder
     from picstory.evaluation import neighbours
 
     passes = []

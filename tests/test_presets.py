@@ -37,3 +37,19 @@ def test_a_cpu_without_native_bf16_gets_its_own_fast_preset(monkeypatch):
     cfg = training_run.resolve_config({"data": "builtin:digits", "preset": "fast", "device": "cpu",
                                        "precision": "fp32"}, source)  # fp32 asked for: the fp32 table
     assert cfg.train.epochs == SMALL_FP32_CPU["fast"]["epochs"] != SMALL["fast"]["epochs"]
+
+
+def test_grayscale_photos_fine_tune_the_whole_network_from_the_start(tmp_path):
+    from conftest import make_folder
+    from picstory.data.sources import resolve
+    from picstory.pipeline import training_run
+    from picstory.training.presets import PHOTO
+
+    for rgb, expect in ((False, {"backbone_lr_mult": 1.0, "freeze_epochs": 0}),
+                        (True, {"backbone_lr_mult": 0.1, "freeze_epochs": PHOTO["default"]["freeze_epochs"]})):
+        data = make_folder(tmp_path / ("rgb" if rgb else "gray"), n_per_class=4, size=96, rgb=rgb)
+        user = {"data": str(data), "preset": "default", "img_size": 96}
+        cfg = training_run.resolve_config(user, resolve(str(data)))
+        assert (cfg.model.backbone_lr_mult, cfg.model.freeze_epochs) == tuple(expect.values()), rgb
+    user = {"data": str(tmp_path / "gray"), "preset": "default", "img_size": 96, "backbone_lr_mult": 0.2}
+    assert training_run.resolve_config(user, resolve(user["data"])).model.backbone_lr_mult == 0.2  # the user's

@@ -38,7 +38,7 @@ from ..training.distributed import (
 )
 from ..training.engine import Learner
 from ..training.optim import build_optimizer, make_schedule, param_groups
-from ..training.presets import fit_batch_size, photo_size, preset_values
+from ..training.presets import PHOTO_GRAY, SMALL_MAX_PX, fit_batch_size, photo_size, preset_values
 from ..training.probe import ProbeLearner, check_probe, probe_by_default
 from ..training.setup import TrainData, check_multilabel_config, load_train_data
 
@@ -79,6 +79,8 @@ def resolve_config(user: dict, source: sources.Source) -> C.Config:
         from ..data.cache import detect_channels
 
         values["channels"] = str(detect_channels(source))
+    if img_size > SMALL_MAX_PX and cfg.train.preset != "probe" and values.get("channels", cfg.data.channels) == "1":
+        values.update(PHOTO_GRAY)
     if user.get("lr") == "preset":
         user = {k: v for k, v in user.items() if k != "lr"}
     if "epochs" in user and C.coerce("epochs", user["epochs"]) == 0:  # documented as "0 = the preset's choice"
