@@ -145,3 +145,15 @@ def test_an_unset_preset_means_probe_for_photos_on_a_cpu():
     assert not default_is_probe({"data": "x"}, **{**photos, "on_gpu": True})
     assert not default_is_probe({"data": "x"}, **{**photos, "pretrained": False})
     assert not default_is_probe({"data": "x"}, **{**photos, "n_images": 50_000})
+
+
+def test_grayscale_photos_are_fine_tuned_by_default(tmp_path, capsys):
+    from conftest import make_folder
+    from picstory.data.sources import resolve
+    from picstory.pipeline.training_run import resolve_config
+
+    for rgb, preset in ((True, "probe"), (False, "default")):
+        data = make_folder(tmp_path / str(rgb), n_per_class=4, size=96, rgb=rgb)
+        cfg = resolve_config({"data": str(data), "device": "cpu"}, resolve(str(data)))
+        assert cfg.train.preset == preset and cfg.model.model == "efficientnet_lite0"
+    assert "grayscale photos: the whole network is fine-tuned" in capsys.readouterr().err

@@ -69,17 +69,20 @@ def resolve_config(user: dict, source: sources.Source) -> C.Config:
     config.yaml holds concrete values and replays the run exactly."""
     cfg = C.from_dict(user)
     img_size = cfg.data.img_size or _auto_img_size(source, cfg.train.device)
-    if not source.multilabel and probe_by_default(user, cfg, img_size, len(source.records)):
+    channels = cfg.data.channels
+    if channels == "auto":
+        from ..data.cache import detect_channels
+
+        channels = str(detect_channels(source))
+    if not source.multilabel and probe_by_default(user, cfg, img_size, len(source.records), gray=channels == "1"):
         user = {**user, "preset": "probe"}
         cfg = C.from_dict(user)
     values = preset_values(cfg.train.preset, img_size, _fp32_cpu(cfg))
     values["img_size"] = img_size
     values["batch_size"] = fit_batch_size(values["batch_size"], len(source.records))
     if cfg.data.channels == "auto":
-        from ..data.cache import detect_channels
-
-        values["channels"] = str(detect_channels(source))
-    if img_size > SMALL_MAX_PX and cfg.train.preset != "probe" and values.get("channels", cfg.data.channels) == "1":
+        values["channels"] = channels
+    if img_size > SMALL_MAX_PX and cfg.train.preset != "probe" and channels == "1":
         values.update(PHOTO_GRAY)
     if user.get("lr") == "preset":
         user = {k: v for k, v in user.items() if k != "lr"}

@@ -43,8 +43,10 @@ LBFGS_ITERATIONS = 100
 KEEP_EMBEDDINGS = 20  # cached embedding files kept (newest first); each is N × 1280 × 4 bytes
 
 
-def probe_by_default(user: dict, cfg: C.Config, img_size: int, n_images: int) -> bool:
-    """Whether this run's unset --preset means probe (presets.default_is_probe); prints a note when it does."""
+def probe_by_default(user: dict, cfg: C.Config, img_size: int, n_images: int, gray: bool = False) -> bool:
+    """Whether this run's unset --preset means probe (presets.default_is_probe); prints a note when it does.
+    Grayscale photos fine-tune instead: a linear head on ImageNet features underfits them (bench/README.md,
+    "Grayscale photos": probe 78.4 %, the gray fine-tune 83.2 %)."""
     from ..models import has_pretrained
     from .presets import default_is_probe, preset_values
 
@@ -54,6 +56,10 @@ def probe_by_default(user: dict, cfg: C.Config, img_size: int, n_images: int) ->
     pretrained = m.pretrained and not m.weights and has_pretrained(model)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 or not default_is_probe(user, img_size, n_images, on_gpu,
                                                                           pretrained):
+        return False
+    if gray:
+        print("note: grayscale photos: the whole network is fine-tuned (a linear probe underfits gray images); "
+              "--preset probe trains in seconds instead", file=sys.stderr)
         return False
     print("note: photos on a CPU: --preset probe (a linear head on the pretrained backbone's features); "
           "--preset default fine-tunes the whole network", file=sys.stderr)
