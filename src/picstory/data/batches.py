@@ -375,15 +375,17 @@ class BatchIterator:
 
     def limit(self, fraction: float) -> None:
         """Epochs of ``fraction`` of the batches (at least one): the first ones of each epoch's shuffle."""
-        self.max_batches = None
-        self.max_batches = None if fraction >= 1 else math.ceil(len(self) * fraction)
+        self.max_batches = None if fraction >= 1 else math.ceil(self._all_batches() * fraction)
 
     def _local_count(self) -> int:
         return len(self.images) // self.world_size
 
-    def __len__(self) -> int:
+    def _all_batches(self) -> int:
         n = self._local_count()
-        batches = n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def __len__(self) -> int:
+        batches = self._all_batches()
         return batches if self.max_batches is None else max(1, min(batches, self.max_batches))
 
     def epoch_indices(self) -> torch.Tensor:

@@ -23,10 +23,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..data.batches import normalize
 from ..files import atomic_write
-from ..models.features import features_and_logits, normalised
+from ..models.features import normalised
 from ..runs import RunDir
+from .ood import logits_and_features
 
 
 def embed(model: torch.nn.Module, images: torch.Tensor, mean, std, batch_size: int = 512,
@@ -38,16 +38,8 @@ def embed(model: torch.nn.Module, images: torch.Tensor, mean, std, batch_size: i
 def embed_with_logits(model: torch.nn.Module, images: torch.Tensor, mean, std, batch_size: int = 512,
                       device: str | torch.device = "cpu") -> tuple[np.ndarray, np.ndarray]:
     """(unit-length penultimate features (N, D), raw logits (N, K)), float32, from one forward pass."""
-    model.eval()
-    feats, logits = [], []
-    with torch.inference_mode():
-        for i in range(0, len(images), batch_size):
-            f, z = features_and_logits(model, normalize(images[i:i + batch_size].to(device), mean, std))
-            feats.append(normalised(f).cpu())
-            logits.append(z.cpu())
-    if not feats:
-        return np.zeros((0, 0), np.float32), np.zeros((0, 0), np.float32)
-    return torch.cat(feats).numpy(), torch.cat(logits).numpy()
+    logits, feats = logits_and_features(model, images, mean, std, batch_size, device)
+    return (normalised(torch.from_numpy(feats)).numpy() if len(feats) else feats), logits
 
 
 def bank_key(run_dir: Path, meta: dict) -> dict:

@@ -38,7 +38,7 @@ from ..training.distributed import (
 )
 from ..training.engine import Learner
 from ..training.optim import build_optimizer, make_schedule, param_groups
-from ..training.presets import PHOTO_GRAY, SMALL_MAX_PX, fit_batch_size, photo_size, preset_values
+from ..training.presets import fit_batch_size, photo_size, preset_values
 from ..training.probe import ProbeLearner, check_probe, probe_by_default
 from ..training.setup import TrainData, check_multilabel_config, load_train_data
 
@@ -77,13 +77,11 @@ def resolve_config(user: dict, source: sources.Source) -> C.Config:
     if not source.multilabel and probe_by_default(user, cfg, img_size, len(source.records), gray=channels == "1"):
         user = {**user, "preset": "probe"}
         cfg = C.from_dict(user)
-    values = preset_values(cfg.train.preset, img_size, _fp32_cpu(cfg))
+    values = preset_values(cfg.train.preset, img_size, _fp32_cpu(cfg), gray=channels == "1")
     values["img_size"] = img_size
     values["batch_size"] = fit_batch_size(values["batch_size"], len(source.records))
     if cfg.data.channels == "auto":
         values["channels"] = channels
-    if img_size > SMALL_MAX_PX and cfg.train.preset != "probe" and channels == "1":
-        values.update(PHOTO_GRAY)
     if user.get("lr") == "preset":
         user = {k: v for k, v in user.items() if k != "lr"}
     if "epochs" in user and C.coerce("epochs", user["epochs"]) == 0:  # documented as "0 = the preset's choice"

@@ -62,12 +62,14 @@ def model_ladder(model: str) -> list[str]:
     return ladder
 
 
-def preset_values(preset: str, img_size: int, fp32_cpu: bool = False) -> dict:
-    """The preset's values for this image size; ``fp32_cpu``: training runs on a CPU without native bf16."""
+def preset_values(preset: str, img_size: int, fp32_cpu: bool = False, gray: bool = False) -> dict:
+    """The preset's values for this image size; ``fp32_cpu``: training runs on a CPU without native bf16;
+    ``gray``: the images have one channel."""
     if preset == "probe":  # a pretrained backbone at any size
         return dict(PROBE)
-    table = (SMALL_FP32_CPU if fp32_cpu else SMALL) if img_size <= SMALL_MAX_PX else PHOTO
-    return dict(table[preset])
+    if img_size <= SMALL_MAX_PX:
+        return dict((SMALL_FP32_CPU if fp32_cpu else SMALL)[preset])
+    return {**PHOTO[preset], **(PHOTO_GRAY if gray else {})}
 
 
 def default_is_probe(user: dict, img_size: int, n_images: int, on_gpu: bool, pretrained: bool) -> bool:
